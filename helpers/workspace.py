@@ -1,0 +1,184 @@
+"""The on-disk layout of a tunebook project: one folder holds datasets, base models, runs and exports.
+
+Every notebook opens the workspace and reads what the earlier ones wrote; nothing passes between notebooks
+through kernel globals. The root is chosen once (``TUNEBOOK_WORKSPACE``, else ``/workspace/tunebook`` on
+Vast.ai/RunPod where ``/workspace`` is the persistent volume, else ``./workspace`` beside the repo).
+
+    <root>/
+      workspace.toml          marker + format version
+      datasets/<name>/        images with .txt captions (kohya N_name subfolders allowed)
+      models/<name>/          base models (single files or diffusers folders) + model.json (hash, kind)
+      runs/<name>/            config.toml, log.jsonl, checkpoints/, samples/, state/, job.json
+      exports/                LoRAs, merged checkpoints, model cards ready to upload
+      cache/                  Hugging Face cache, latent caches, downloads in progress
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers.config import write_text_atomic
+
+MARKER = "workspace.toml"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def default_root() -> Path:
+    """Where the workspace lives when the user did not say."""
+    env = os.environ.get("TUNEBOOK_WORKSPACE")
+    if env:
+        return Path(env).expanduser()
+    if Path("/workspace").is_dir() and os.access("/workspace", os.W_OK):
+        return Path("/workspace/tunebook")
+    drive = Path("/content/drive/MyDrive")
+    if drive.is_dir():  # Colab with Google Drive mounted: keep work off the wiped /content
+        return drive / "tunebook"
+    return Path(__file__).resolve().parent.parent / "workspace"
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not NAME_RE.match(name or ""):
+        raise ValueError(f"{what} {name!r} is not usable as a folder name: use letters, digits, '.', '_' or "
+                         "'-' (up to 100 characters, not starting with '.' or '-')")
+    return name
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Files of one training run."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def job(self) -> Path:
+        return self.root / "job.json"
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / "stdout.log"
+
+    def create(self) -> RunPaths:
+        for d in (self.root, self.checkpoints, self.samples, self.state):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """One project's folders. ``Workspace.open()`` finds or creates it."""
+
+    root: Path
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def hf_cache(self) -> Path:
+        return self.cache / "huggingface"
+
+    @classmethod
+    def open(cls, root: str | os.PathLike | None = None, create: bool = True) -> Workspace:
+        root = Path(root).expanduser() if root else default_root()
+        ws = cls(root.resolve())
+        if create:
+            ws.init()
+        elif not (ws.root / MARKER).exists():
+            raise FileNotFoundError(f"no tunebook workspace at {ws.root}: run `bash setup.sh` or "
+                                    "`python -m helpers.workspace init DIR` first")
+        return ws
+
+    def init(self) -> Workspace:
+        for d in (self.root, self.datasets, self.models, self.runs, self.exports, self.cache):
+            d.mkdir(parents=True, exist_ok=True)
+        marker = self.root / MARKER
+        if not marker.exists():
+            write_text_atomic(marker, "# tunebook workspace\nformat_version = 1\n")
+        return self
+
+    def dataset(self, name: str) -> Path:
+        return self.datasets / check_name(name, "dataset name")
+
+    def model(self, name: str) -> Path:
+        return self.models / check_name(name, "model name")
+
+    def run(self, name: str) -> RunPaths:
+        return RunPaths(self.runs / check_name(name, "run name"))
+
+    def list_datasets(self) -> list[str]:
+        return sorted(p.name for p in self.datasets.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+    def list_models(self) -> list[str]:
+        return sorted(p.name for p in self.models.iterdir() if not p.name.startswith("."))
+
+    def list_runs(self) -> list[str]:
+        return sorted(p.name for p in self.runs.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def summary(self) -> dict[str, object]:
+        return {"root": str(self.root), "datasets": self.list_datasets(), "models": self.list_models(),
+                "runs": self.list_runs()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.workspace", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_init = sub.add_parser("init", help="create (or check) a workspace folder")
+    p_init.add_argument("root", nargs="?", help="folder (default: TUNEBOOK_WORKSPACE or the platform default)")
+    p_show = sub.add_parser("show", help="print what the workspace holds")
+    p_show.add_argument("root", nargs="?")
+    args = parser.parse_args(argv)
+    ws = Workspace.open(args.root)
+    if args.cmd == "init":
+        print(ws.root)
+    else:
+        for key, value in ws.summary().items():
+            print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny offline models on disk (built once per session), a fresh workspace per test."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)  # faster than 2 for tiny models on this machine, and deterministic
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A tiny random SDXL pipeline saved as a diffusers folder (read-only: copy before changing)."""
+    from helpers.models.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sdxl", "sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir(tmp_path_factory):
+    """A tiny random SD 1.5 (epsilon) pipeline saved as a diffusers folder."""
+    from helpers.models.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd15", "sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_v_dir(tmp_path_factory):
+    """A tiny random SD 1.5 v-prediction pipeline saved as a diffusers folder."""
+    from helpers.models.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd15-v", "sd15", prediction="v_prediction")
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """An empty workspace in a temp folder, also exported as TUNEBOOK_WORKSPACE."""
+    from helpers.workspace import Workspace
+
+    monkeypatch.setenv("TUNEBOOK_WORKSPACE", str(tmp_path / "ws"))
+    return Workspace.open(tmp_path / "ws")
