@@ -1,0 +1,515 @@
+"""Training data: images + captions -> one-bucket batches of pixels (or cached latents) with SDXL size info.
+
+Owns the dataset scan (kohya ``N_name`` folders = N repeats, ``.txt`` captions, bad files reported), aspect
+ratio buckets with kohya's semantics (predefined list, or ``no_upscale``), resize/crop/flip, the per-epoch
+batch plan, the caption hook (shuffle, keep_tokens, tag and caption dropout) and the latent cache (memory or
+disk, keyed by image content, bucket, crop, flip and VAE).
+
+Every random choice (batch order, crop, flip, caption edits) comes from a generator seeded by
+(seed, epoch, position), never from global state, so an epoch is a pure function of its number: a resumed run
+skips the batches it already did and sees exactly what an uninterrupted run would have seen, whatever the
+number of loader workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from helpers.config import option
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+REPEATS_RE = re.compile(r"^(\d+)_(.+)$")
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they become batches."""
+
+    dataset: str = option("", help="dataset folder, or the name of a dataset in the workspace", kind="path")
+    caption_extension: str = option(".txt", help="caption file next to each image: <image stem><extension>",
+                                    group="advanced")
+    repeats: int = option(1, min=1, max=1000, help="repeats for images not in a kohya 'N_name' folder "
+                          "(an 'N_name' folder repeats its images N times)")
+    resolution: int = option(1024, min=64, max=4096, step=64, unit="px",
+                             help="training area = resolution²: 1024 for SDXL, 512 for SD 1.5")
+    enable_buckets: bool = option(True, help="aspect-ratio buckets; off = every image cropped to a square")
+    min_bucket_side: int = option(256, min=32, max=4096, unit="px", help="smallest bucket side", group="advanced")
+    max_bucket_side: int = option(2048, min=64, max=8192, unit="px",
+                                  help="largest bucket side (kohya's default 1024 caps SDXL buckets at 1024)",
+                                  group="advanced")
+    bucket_step: int = option(64, min=8, max=256, unit="px", help="bucket sides are multiples of this",
+                              group="advanced")
+    no_upscale: bool = option(False, help="never upscale small images; their bucket is their own size "
+                              "rounded down to the step", group="advanced")
+    random_crop: bool = option(False, help="crop jitter: a new random crop each time (no latent cache)")
+    flip: bool = option(False, help="random horizontal flip")
+    shuffle_caption: bool = option(False, help="shuffle comma-separated tags each step", group="captions")
+    keep_tokens: int = option(0, min=0, max=100, help="first N tags stay in place when shuffling or dropping",
+                              group="captions")
+    caption_separator: str = option(",", help="tag separator", group="captions")
+    tag_dropout: float = option(0.0, min=0.0, max=1.0, help="chance to drop each (non-kept) tag",
+                                group="captions")
+    caption_dropout: float = option(0.0, min=0.0, max=1.0, help="chance to train an image with an empty "
+                                    "caption", group="captions")
+    cache_latents: Literal["off", "memory", "disk"] = option(
+        "off", help="encode every image once before training (not with random crop); disk keeps them for the "
+        "next run")
+    on_bad_data: Literal["skip", "stop"] = option("skip", help="a corrupt image or unreadable caption: skip it "
+                                                  "(listed in the report) or stop before training")
+    num_workers: int = option(2, min=0, max=64, help="image loader processes", group="advanced")
+
+
+class DataError(ValueError):
+    """The dataset cannot be used as it is; the message names the files and what to do."""
+
+
+# ---------------------------------------------------------------- scan
+
+
+@dataclass
+class ImageItem:
+    path: Path
+    caption: str
+    repeats: int
+    width: int
+    height: int
+
+
+@dataclass
+class DatasetReport:
+    """What the scan found: counts, and every file that was skipped or looks wrong."""
+
+    images: int = 0
+    samples_per_epoch: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    empty_captions: list[str] = field(default_factory=list)
+    missing_captions: list[str] = field(default_factory=list)
+    ignored_folders: list[str] = field(default_factory=list)
+    buckets: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"{self.images} images, {self.samples_per_epoch} samples per epoch (with repeats), "
+                 f"{len(self.buckets)} buckets"]
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} skipped: " + "; ".join(f"{p} ({why})" for p, why in self.skipped[:5])
+                         + (" ..." if len(self.skipped) > 5 else ""))
+        if self.missing_captions:
+            lines.append(f"{len(self.missing_captions)} without a caption file (folder name used as caption): "
+                         + ", ".join(self.missing_captions[:5]))
+        if self.empty_captions:
+            lines.append(f"{len(self.empty_captions)} with an empty caption: " + ", ".join(self.empty_captions[:5]))
+        if self.ignored_folders:
+            lines.append("ignored folders: " + ", ".join(self.ignored_folders))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Width and height, after checking the whole file decodes (JPEG at 1/8 scale, which is cheap)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        size = im.size
+        if im.format == "JPEG":
+            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        im.load()
+    return size
+
+
+def _read_caption(image: Path, extension: str, fallback: str) -> tuple[str | None, str]:
+    """(caption, problem): problem is "", "missing", "empty" or a reason the caption is unusable."""
+    path = image.with_suffix(extension)
+    if not path.exists():
+        return fallback, "missing"
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return None, f"caption {path.name} is not UTF-8 text (byte {exc.start}): re-save it as UTF-8"
+    text = text.strip().splitlines()[0].strip() if text.strip() else ""
+    return text, "" if text else "empty"
+
+
+def scan_dataset(root: str | Path, *, caption_extension: str = ".txt", default_repeats: int = 1,
+                 on_bad_data: str = "skip") -> tuple[list[ImageItem], DatasetReport]:
+    """Find images and captions under ``root``.
+
+    Images directly in ``root`` (or in folders without an ``N_`` prefix) repeat ``default_repeats`` times;
+    a kohya ``N_name`` folder repeats N times and its ``name`` is the caption of images without a caption
+    file. Corrupt images and non-UTF-8 captions are skipped with a reason, or raise ``DataError`` when
+    ``on_bad_data == "stop"``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}: give a folder of images with .txt captions")
+    report = DatasetReport()
+    folders: list[tuple[Path, int, str]] = [(root, default_repeats, "")]
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        match = REPEATS_RE.match(sub.name)
+        if match and int(match.group(1)) >= 1:
+            folders.append((sub, int(match.group(1)), match.group(2)))
+        elif match:
+            report.ignored_folders.append(f"{sub.name} (0 repeats)")
+        else:
+            folders.append((sub, default_repeats, ""))
+    items: list[ImageItem] = []
+    for folder, repeats, class_tokens in folders:
+        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+            rel = str(path.relative_to(root))
+            try:
+                width, height = _image_size(path)
+            except Exception as exc:  # PIL raises many types for broken files
+                problem = f"not a readable image ({type(exc).__name__}: {exc})"
+                if on_bad_data == "stop":
+                    raise DataError(f"{path}: {problem}: fix or remove it, or set on_bad_data = 'skip'") from None
+                report.skipped.append((rel, problem))
+                continue
+            caption, problem = _read_caption(path, caption_extension, class_tokens)
+            if caption is None:
+                if on_bad_data == "stop":
+                    raise DataError(f"{path}: {problem}, or set on_bad_data = 'skip'")
+                report.skipped.append((rel, problem))
+                continue
+            if problem == "missing":
+                report.missing_captions.append(rel)
+            if not caption:
+                report.empty_captions.append(rel)
+            items.append(ImageItem(path, caption, repeats, width, height))
+    report.images = len(items)
+    report.samples_per_epoch = sum(i.repeats for i in items)
+    if not items:
+        raise DataError(f"no usable images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                        + (f"; skipped: {report.skipped[:3]}" if report.skipped else ""))
+    return items, report
+
+
+# ---------------------------------------------------------------- buckets
+
+
+def make_buckets(resolution: int, min_side: int, max_side: int, step: int) -> list[tuple[int, int]]:
+    """Kohya's predefined (width, height) buckets of area ≤ resolution².
+
+    Source: sd-scripts ``library/model_util.make_bucket_resolutions``: the square, then for each width from
+    ``min_side`` in ``step``s, height = min(max_side, ⌊area / width / step⌋ · step), both orientations.
+    """
+    area = resolution * resolution
+    side = int(math.sqrt(area) // step * step)
+    buckets = {(side, side)}
+    width = min_side
+    while width <= max_side:
+        height = min(max_side, int((area // width) // step * step))
+        if height >= min_side:
+            buckets.add((width, height))
+            buckets.add((height, width))
+        width += step
+    return sorted(buckets)
+
+
+def _round_to_step(x: float, step: int) -> int:
+    x = int(x + 0.5)
+    return x - x % step
+
+
+def select_bucket(width: int, height: int, buckets: list[tuple[int, int]] | None, *, resolution: int,
+                  step: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(bucket (w, h), resized image size (w, h)) for an image; the resized image covers the bucket.
+
+    Source: sd-scripts ``train_util.BucketManager.select_bucket``. With a bucket list: an exact size wins,
+    else the smallest aspect-ratio error; the image is scaled so it covers the bucket. With ``buckets=None``
+    (no-upscale): images larger than resolution² shrink keeping their aspect ratio (the rounding of width
+    or height with the smaller aspect error wins), smaller ones keep their size; the bucket is the resized
+    size floored to ``step`` (cropped, never padded).
+    """
+    aspect = width / height
+    if buckets is not None:
+        if (width, height) in buckets:
+            bucket = (width, height)
+        else:
+            bucket = min(buckets, key=lambda b: abs(b[0] / b[1] - aspect))
+        scale = bucket[1] / height if aspect > bucket[0] / bucket[1] else bucket[0] / width
+        resized = (max(bucket[0], int(width * scale + 0.5)), max(bucket[1], int(height * scale + 0.5)))
+        return bucket, resized
+    area = resolution * resolution
+    if width * height > area:
+        rw = math.sqrt(area * aspect)
+        rh = area / rw
+        bw = _round_to_step(rw, step)
+        bh_w = _round_to_step(bw / aspect, step)
+        bh = _round_to_step(rh, step)
+        bw_h = _round_to_step(bh * aspect, step)
+        if bh_w and bh and abs(bw / bh_w - aspect) < abs(bw_h / bh - aspect):
+            resized = (bw, int(bw / aspect + 0.5))
+        else:
+            resized = (int(bh * aspect + 0.5), bh)
+    else:
+        resized = (width, height)
+    bucket = (resized[0] - resized[0] % step, resized[1] - resized[1] % step)
+    return bucket, resized
+
+
+def assign_buckets(items: list[ImageItem], *, resolution: int, enable_buckets: bool, min_side: int,
+                   max_side: int, step: int, no_upscale: bool) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(bucket, resized size) per item."""
+    if not enable_buckets:
+        square = [(resolution, resolution)]
+        return [select_bucket(i.width, i.height, square, resolution=resolution, step=step) for i in items]
+    buckets = None if no_upscale else make_buckets(resolution, min_side, max_side, step)
+    out = []
+    for item in items:
+        bucket, resized = select_bucket(item.width, item.height, buckets, resolution=resolution, step=step)
+        if min(bucket) < step:
+            raise DataError(f"{item.path}: {item.width}×{item.height} is smaller than one bucket step "
+                            f"({step} px): remove it or turn off no_upscale")
+        out.append((bucket, resized))
+    return out
+
+
+# ---------------------------------------------------------------- per-epoch plan
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions, unlike hash())."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One element of a batch: which item, and where in the run it is (for its random choices)."""
+
+    epoch: int
+    position: int
+    item: int
+
+
+def plan_epoch(bucket_of_item: list[tuple[int, int]], repeats: list[int], batch_size: int, seed: int,
+               epoch: int, world_size: int = 1, rank: int = 0) -> list[list[Sample]]:
+    """The batches of one epoch for one process: every item ``repeats`` times, batches from one bucket.
+
+    Kohya semantics: samples shuffled within each bucket, cut into batches (the last one of a bucket may be
+    short), batch order shuffled. With several processes each takes every ``world_size``-th batch (the
+    tail that does not divide evenly is dropped so all processes step together).
+    """
+    rng = random.Random(seed_for(seed, epoch))
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for index, (bucket, count) in enumerate(zip(bucket_of_item, repeats)):
+        by_bucket.setdefault(bucket, []).extend([index] * count)
+    batches: list[list[int]] = []
+    for bucket in sorted(by_bucket):
+        members = by_bucket[bucket]
+        rng.shuffle(members)
+        batches += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
+    rng.shuffle(batches)
+    batches = batches[:len(batches) - len(batches) % world_size]
+    out, position = [], 0
+    for batch in batches:
+        out.append([Sample(epoch, position + j, item) for j, item in enumerate(batch)])
+        position += len(batch)
+    return out[rank::world_size]
+
+
+# ---------------------------------------------------------------- captions
+
+
+def process_caption(caption: str, rng: random.Random, *, shuffle: bool = False, keep_tokens: int = 0,
+                    separator: str = ",", tag_dropout: float = 0.0, caption_dropout: float = 0.0) -> str:
+    """The caption hook: caption dropout -> split kept/free tags -> shuffle -> tag dropout -> join ", ".
+
+    Source: order of sd-scripts ``BaseDataset.process_caption``. Draws from ``rng`` in a fixed order so a
+    sample's caption depends only on its seed.
+    """
+    if caption_dropout and rng.random() < caption_dropout:
+        return ""
+    if not (shuffle or tag_dropout):
+        return caption
+    tags = [t.strip() for t in caption.split(separator) if t.strip()]
+    kept, free = tags[:keep_tokens], tags[keep_tokens:]
+    if shuffle:
+        rng.shuffle(free)
+    if tag_dropout:
+        free = [t for t in free if rng.random() >= tag_dropout]
+    return ", ".join(kept + free)
+
+
+CaptionHook = Callable[[str, random.Random], str]
+
+
+def caption_hook(shuffle: bool, keep_tokens: int, separator: str, tag_dropout: float,
+                 caption_dropout: float) -> CaptionHook:
+    """``process_caption`` with these options bound (picklable, for loader workers)."""
+    return functools.partial(process_caption, shuffle=shuffle, keep_tokens=keep_tokens, separator=separator,
+                             tag_dropout=tag_dropout, caption_dropout=caption_dropout)
+
+
+# ---------------------------------------------------------------- images
+
+
+def crop_box(resized: tuple[int, int], bucket: tuple[int, int], random_crop: bool,
+             rng: random.Random) -> tuple[int, int]:
+    """(left, top) of the bucket-sized crop in the resized image: centered, or uniform when random."""
+    free_x, free_y = resized[0] - bucket[0], resized[1] - bucket[1]
+    if random_crop:
+        return rng.randint(0, free_x), rng.randint(0, free_y)
+    return free_x // 2, free_y // 2
+
+
+def load_pixels(path: Path, resized: tuple[int, int], bucket: tuple[int, int], left: int, top: int,
+                flip: bool) -> torch.Tensor:
+    """Decode -> RGB -> resize -> crop -> flip -> float tensor (3, H, W) in [-1, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft("RGB", resized)  # decode at the smallest 1/n scale still ≥ the target: much faster
+        if im.mode in ("RGBA", "LA", "P", "PA"):
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, im)  # transparent areas become white, as taggers see them
+        im = im.convert("RGB")
+        if im.size != resized:
+            im = im.resize(resized, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        im = im.crop((left, top, left + bucket[0], top + bucket[1]))
+        if flip:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    pixels = data.view(bucket[1], bucket[0], 3).permute(2, 0, 1)
+    return pixels.float().div_(127.5).sub_(1.0)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (first 16 hex digits): the latent cache key of an image."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+class TrainingImages(torch.utils.data.Dataset):
+    """Map-style dataset indexed by ``Sample``: returns pixels (or a cached latent) with its conditioning."""
+
+    def __init__(self, items: list[ImageItem], placement: list[tuple[tuple[int, int], tuple[int, int]]], *,
+                 seed: int, random_crop: bool, flip: bool, caption_transform: CaptionHook,
+                 latents: LatentStore | None = None):
+        self.items, self.placement, self.seed = items, placement, seed
+        self.random_crop, self.flip, self.caption_transform = random_crop, flip, caption_transform
+        self.latents = latents
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def choices(self, sample: Sample) -> tuple[int, int, bool, random.Random]:
+        """The random choices of one sample (crop, flip) and the rng left for its caption."""
+        rng = random.Random(seed_for(self.seed, sample.epoch, sample.position))
+        bucket, resized = self.placement[sample.item]
+        left, top = crop_box(resized, bucket, self.random_crop, rng)
+        flip = self.flip and rng.random() < 0.5
+        return left, top, flip, rng
+
+    def __getitem__(self, sample: Sample) -> dict:
+        item = self.items[sample.item]
+        bucket, resized = self.placement[sample.item]
+        left, top, flip, rng = self.choices(sample)
+        out = {"caption": self.caption_transform(item.caption, rng),
+               "original_size": (item.height, item.width),
+               # SDXL conditions on the crop in the resized image; mirrored when the crop is flipped
+               "crop_top_left": (top, resized[0] - left - bucket[0] if flip else left),
+               "target_size": (bucket[1], bucket[0]),
+               "seed": seed_for(self.seed, sample.epoch, sample.position, 1)}
+        if self.latents is not None:
+            out["latents"] = self.latents.get(latent_key(self.latents.digests[sample.item], bucket, left, top, flip))
+        else:
+            try:
+                out["pixels"] = load_pixels(item.path, resized, bucket, left, top, flip)
+            except Exception as exc:
+                raise DataError(f"{item.path}: could not be read during training ({type(exc).__name__}: {exc}); "
+                                "it changed since the scan: restore it, or remove it and resume") from None
+        return out
+
+
+def collate_samples(samples: list[dict]) -> dict:
+    """Stack one bucket's samples into a batch."""
+    batch = {"captions": [s["caption"] for s in samples],
+             "original_sizes": torch.tensor([s["original_size"] for s in samples]),
+             "crop_top_lefts": torch.tensor([s["crop_top_left"] for s in samples]),
+             "target_sizes": torch.tensor([s["target_size"] for s in samples]),
+             "seeds": [s["seed"] for s in samples]}
+    key = "latents" if "latents" in samples[0] else "pixels"
+    batch[key] = torch.stack([s[key] for s in samples])
+    return batch
+
+
+# ---------------------------------------------------------------- latent cache
+
+
+def latent_key(digest: str, bucket: tuple[int, int], left: int, top: int, flip: bool) -> str:
+    return f"{digest}_{bucket[0]}x{bucket[1]}_{left}_{top}_{int(flip)}"
+
+
+class LatentStore:
+    """Encoded latents by key, in memory or as one safetensors file per key under ``folder``."""
+
+    def __init__(self, digests: list[str], folder: Path | None = None):
+        self.digests, self.folder = digests, folder
+        self.memory: dict[str, torch.Tensor] = {}
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def has(self, key: str) -> bool:
+        return key in self.memory or (self.folder is not None and self.path(key).exists())
+
+    def put(self, key: str, latent: torch.Tensor) -> None:
+        latent = latent.detach().to("cpu", torch.float32).contiguous()
+        if self.folder is None:
+            self.memory[key] = latent
+            return
+        from safetensors.torch import save_file
+
+        tmp = self.path(key).with_suffix(".tmp")
+        save_file({"latent": latent}, str(tmp))
+        tmp.replace(self.path(key))
+
+    def get(self, key: str) -> torch.Tensor:
+        if key in self.memory:
+            return self.memory[key]
+        from safetensors.torch import load_file
+
+        return load_file(str(self.path(key)))["latent"]
+
+
+def fill_latent_cache(dataset: TrainingImages, store: LatentStore, encode: Callable[[torch.Tensor, int], torch.Tensor],
+                      flip: bool, show_progress: bool = True) -> int:
+    """Encode every (image, flip) the run can ask for and is not cached yet; returns how many were encoded.
+
+    ``encode(pixels (1,3,H,W), seed) -> latent (1,4,h,w)``; the seed comes from the key, so a cached latent
+    is the same whichever run or process made it. Crops are fixed (centered) when caching is allowed.
+    """
+    from tqdm.auto import tqdm
+
+    todo = []
+    for index, item in enumerate(dataset.items):
+        bucket, resized = dataset.placement[index]
+        left, top = crop_box(resized, bucket, False, random.Random(0))
+        for flipped in ((False, True) if flip else (False,)):
+            key = latent_key(store.digests[index], bucket, left, top, flipped)
+            if not store.has(key):
+                todo.append((key, item.path, resized, bucket, left, top, flipped))
+    for key, path, resized, bucket, left, top, flipped in tqdm(todo, desc="caching latents", unit="img",
+                                                               disable=not show_progress or not todo):
+        pixels = load_pixels(path, resized, bucket, left, top, flipped)[None]
+        store.put(key, encode(pixels, seed_for(int(key.split("_")[0], 16)))[0])
+    return len(todo)
