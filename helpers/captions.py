@@ -156,7 +156,8 @@ def _sha256_file(path: Path) -> str | None:
         return None
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` via temp file + rename in the same folder: a crash leaves the old file or the new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -182,9 +183,10 @@ def new_backup_dir(root: Path, label: str) -> Path:
     return path
 
 
-def _save_manifest(backup_dir: Path, root: Path, entries: list[dict]) -> None:
+def save_manifest(backup_dir: Path, root: Path, entries: list[dict]) -> None:
+    """Write ``changes.json`` (entries: created / replaced / renamed, paths relative to ``root``) for undo."""
     manifest = {"format_version": 1, "root": str(root), "entries": entries}
-    _write_bytes_atomic(backup_dir / MANIFEST_NAME, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    write_bytes_atomic(backup_dir / MANIFEST_NAME, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
 
 
 def write_captions(new: dict[Path, str], *, overwrite: bool = False, backup: bool = True,
@@ -222,12 +224,12 @@ def write_captions(new: dict[Path, str], *, overwrite: bool = False, backup: boo
                     entry.update(action="replaced", backup=None)
             else:
                 entry["action"] = "created"
-            _write_bytes_atomic(path, row.new.encode("utf-8"))
+            write_bytes_atomic(path, row.new.encode("utf-8"))
             (result.replaced if row.action == "overwrite" else result.created).append(path)
             entries.append(entry)
     finally:
         if result.backup_dir is not None:  # the manifest records whatever was done, even after an error
-            _save_manifest(result.backup_dir, root, entries)
+            save_manifest(result.backup_dir, root, entries)
     return result
 
 
@@ -292,7 +294,7 @@ def undo_changes(changeset_or_backup_dir: ChangeSet | str | os.PathLike, *, forc
                 out.conflicts.append(f"{path}: written without a backup; cannot restore")
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_bytes_atomic(path, (Path(backup_dir) / saved).read_bytes())
+            write_bytes_atomic(path, (Path(backup_dir) / saved).read_bytes())
             out.restored.append(path)
     return out
 
@@ -441,7 +443,7 @@ def rename_images_to_captions(captions: dict[Path, str], *, spaces_to_underscore
                                 "to": os.path.relpath(dst.resolve(), root)})
             result.renamed.append((image, target))
     finally:
-        _save_manifest(result.backup_dir, root, entries)
+        save_manifest(result.backup_dir, root, entries)
     return result
 
 
