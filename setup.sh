@@ -70,20 +70,24 @@ fi
 constraints="$venv/tunebook-constraints.txt"
 echo "torch==${torch_version}" > "$constraints"
 
-# ---- 3. Packages (skipped when the requirement files are unchanged since the last successful install) ---
+# ---- 3. Packages (each requirement file is skipped when unchanged since its last successful install) ---
 req_files=(requirements.txt)
 [ "$mode" = test ] && req_files+=(requirements-test.txt)
-stamp="$venv/.tunebook-$(cat "${req_files[@]}" "$constraints" | sha256sum | cut -c1-16)"
-if [ -f "$stamp" ] && [ "${TUNEBOOK_FORCE_INSTALL:-0}" != 1 ]; then
+stamp_of() { echo "$venv/.tunebook-$(basename "$1" .txt)-$(cat "$1" "$constraints" | sha256sum | cut -c1-16)"; }
+todo=()
+for f in "${req_files[@]}"; do
+  if [ ! -f "$(stamp_of "$f")" ] || [ "${TUNEBOOK_FORCE_INSTALL:-0}" = 1 ]; then todo+=("$f"); fi
+done
+if [ ${#todo[@]} -eq 0 ]; then
   say "packages up to date (${req_files[*]})"
 else
-  say "installing ${req_files[*]} (torch $torch_version kept)"
+  say "installing ${todo[*]} (torch $torch_version kept)"
   args=()
-  for f in "${req_files[@]}"; do args+=(-r "$f"); done
+  for f in "${todo[@]}"; do args+=(-r "$f"); done
   "${pip[@]}" install -q -c "$constraints" "${args[@]}"
   "$vpy" -c 'import diffusers, transformers, safetensors, ipywidgets' \
     || die "packages installed but do not import; see the pip output above."
-  touch "$stamp"
+  for f in "${todo[@]}"; do touch "$(stamp_of "$f")"; done
 fi
 "$vpy" -c "import torch; assert torch.__version__ == '$torch_version'" \
   || die "torch changed during install (expected $torch_version). Report this: a dependency asked for another torch."
@@ -94,12 +98,11 @@ elif [ -d /workspace ] && [ -w /workspace ]; then ws=/workspace/tunebook
 else ws="$repo/workspace"; fi
 mkdir -p "$ws" || die "cannot create workspace '$ws': set TUNEBOOK_WORKSPACE to a writable folder."
 ws="$(cd "$ws" && pwd)"
-"$vpy" -m helpers.workspace init "$ws" >/dev/null
+"$vpy" -m helpers.workspace init "$ws" --remember >/dev/null
 # The venv's activate script exports the workspace and a Hugging Face cache inside it (rented boxes have a
 # small root disk; /workspace is the volume that persists).
 activate_extra="$venv/bin/tunebook-env.sh"
 cat > "$activate_extra" <<EOF
-export TUNEBOOK_WORKSPACE="$ws"
 export HF_HOME="\${HF_HOME:-$ws/cache/huggingface}"
 EOF
 grep -q tunebook-env.sh "$venv/bin/activate" || echo ". \"$activate_extra\"" >> "$venv/bin/activate"

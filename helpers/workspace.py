@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,22 @@ MARKER = "workspace.toml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+def pointer_file() -> Path:
+    """Where setup.sh / 00_setup remember the chosen workspace (inside the venv: one per install)."""
+    return Path(sys.prefix) / "tunebook-workspace.txt"
+
+
 def default_root() -> Path:
-    """Where the workspace lives when the user did not say."""
+    """Where the workspace lives: TUNEBOOK_WORKSPACE, else the remembered choice, else the platform default."""
     env = os.environ.get("TUNEBOOK_WORKSPACE")
     if env:
         return Path(env).expanduser()
+    try:
+        remembered = pointer_file().read_text(encoding="utf-8").strip()
+    except OSError:
+        remembered = ""
+    if remembered:
+        return Path(remembered)
     if Path("/workspace").is_dir() and os.access("/workspace", os.W_OK):
         return Path("/workspace/tunebook")
     drive = Path("/content/drive/MyDrive")
@@ -163,15 +175,24 @@ class Workspace:
                 "runs": self.list_runs()}
 
 
+def choose_workspace(root: str | os.PathLike | None = None) -> Workspace:
+    """Open (creating if needed) a workspace and remember it for every later notebook and command."""
+    ws = Workspace.open(root)
+    if root is not None:
+        write_text_atomic(pointer_file(), str(ws.root) + "\n")
+    return ws
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.workspace", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_init = sub.add_parser("init", help="create (or check) a workspace folder")
     p_init.add_argument("root", nargs="?", help="folder (default: TUNEBOOK_WORKSPACE or the platform default)")
+    p_init.add_argument("--remember", action="store_true", help="make it the default for later notebooks")
     p_show = sub.add_parser("show", help="print what the workspace holds")
     p_show.add_argument("root", nargs="?")
     args = parser.parse_args(argv)
-    ws = Workspace.open(args.root)
+    ws = choose_workspace(args.root) if getattr(args, "remember", False) else Workspace.open(args.root)
     if args.cmd == "init":
         print(ws.root)
     else:

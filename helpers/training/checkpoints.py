@@ -1,0 +1,224 @@
+"""Model checkpoints and training state: when to save, how to save atomically, how to resume exactly.
+
+- Model checkpoints (``checkpoints/<run>-e0003.safetensors``, ``-s00001200``, final ``<run>.safetensors``):
+  single-file safetensors in the original layout (written by ``helpers.models.save_single_file``), every N
+  epochs and/or steps, keeping the last K.
+- Training state (``state/step-00001200/``): trained weights, optimizer, LR schedule, grad scaler, every RNG,
+  the data position (epoch, batches done in it) and the config it ran with; every N steps and every N
+  minutes. A state is built in a temporary folder and renamed into place (a directory rename is atomic),
+  ``trainer.json`` written last, so a kill at any moment leaves either the previous state or the new one,
+  never half of one. ``find_latest_state`` picks the newest complete one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from helpers.config import option
+
+STATE_PREFIX = "step-"
+
+
+@dataclass
+class SaveConfig:
+    """When the run writes model files and resumable state."""
+
+    save_every_n_epochs: int = option(1, min=0, max=100_000, help="write a model file every N epochs (0 = only "
+                                      "at the end)")
+    save_every_n_steps: int = option(0, min=0, max=10_000_000, help="also every N optimizer steps (0 = off)",
+                                     group="advanced")
+    keep_last: int = option(3, min=0, max=10_000, help="keep the newest N periodic model files (0 = all); the "
+                            "final one is always kept")
+    save_precision: Literal["fp16", "bf16", "fp32"] = option("fp16", help="precision of saved model files "
+                                                             "(fp16 = 6.9 GB for SDXL)")
+    state_every_n_steps: int = option(500, min=0, max=10_000_000, help="write resumable training state every N "
+                                      "optimizer steps (0 = off)")
+    state_every_n_minutes: float = option(30.0, min=0.0, max=100_000.0, unit="min",
+                                          help="also write state when this long has passed since the last one "
+                                          "(0 = off)")
+    keep_last_states: int = option(1, min=1, max=100, help="training states kept (SDXL + AdamW: ~30 GB each)",
+                                   group="advanced")
+
+
+class SaveError(RuntimeError):
+    """A checkpoint or state could not be written; the previous one is intact."""
+
+
+# ---------------------------------------------------------------- when
+
+
+def model_save_due(step: int, epoch_done: int | None, *, every_n_epochs: int, every_n_steps: int) -> bool:
+    """Whether to write a model file now: after optimizer step ``step``, or at the end of ``epoch_done``."""
+    if epoch_done is not None:
+        return every_n_epochs > 0 and epoch_done % every_n_epochs == 0
+    return every_n_steps > 0 and step % every_n_steps == 0
+
+
+def state_save_due(step: int, last_state_time: float, *, every_n_steps: int, every_n_minutes: float,
+                   now: float | None = None) -> bool:
+    """Whether to write training state after optimizer step ``step``."""
+    now = time.monotonic() if now is None else now
+    by_steps = every_n_steps > 0 and step % every_n_steps == 0
+    by_time = every_n_minutes > 0 and now - last_state_time >= every_n_minutes * 60
+    return by_steps or by_time
+
+
+def prune_checkpoints(folder: Path, run_name: str, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` periodic model files; returns the deleted paths."""
+    if keep_last <= 0:
+        return []
+    periodic = sorted((p for p in folder.glob(f"{run_name}-*.safetensors")), key=lambda p: p.stat().st_mtime_ns)
+    gone = periodic[:-keep_last]
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return gone
+
+
+def checkpoint_name(run_name: str, *, epoch: int | None = None, step: int | None = None) -> str:
+    if epoch is not None:
+        return f"{run_name}-e{epoch:04d}.safetensors"
+    if step is not None:
+        return f"{run_name}-s{step:08d}.safetensors"
+    return f"{run_name}.safetensors"
+
+
+# ---------------------------------------------------------------- training state
+
+
+def capture_rng_states() -> dict:
+    """Every random generator the process owns (torch CPU/CUDA, numpy, Python)."""
+    import numpy as np
+
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _bytes_of(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _optimizer_bytes(state: dict) -> int:
+    total = 0
+    for per_param in state.get("state", {}).values():
+        for value in per_param.values():
+            if torch.is_tensor(value):
+                total += value.numel() * value.element_size()
+    return total
+
+
+def _check_space(folder: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed * 1.05 + (64 << 20):
+        raise SaveError(f"not enough disk space to save {what} in {folder}: needs {needed / 1e9:.2f} GB, "
+                        f"{free / 1e9:.2f} GB free: free space (delete old checkpoints/states) and resume with "
+                        "--resume latest")
+
+
+def save_training_state(folder: Path, step: int, *, weights: dict[str, torch.Tensor], optimizer_state: dict,
+                        trainer: dict, keep_last: int = 1) -> Path:
+    """Write ``folder/step-NNNNNNNN`` atomically and prune older states; returns the new state folder.
+
+    ``trainer`` holds the scheduler/scaler state dicts, RNG states, counters (epoch, batch_in_epoch, step) and
+    ``config`` (the run's config as plain data), split into ``trainer.pt`` (tensors) and ``trainer.json``.
+    """
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{STATE_PREFIX}{step:08d}"
+    tmp = folder / f".tmp-{STATE_PREFIX}{step:08d}-{os.getpid()}"
+    needed = _bytes_of(weights) + _optimizer_bytes(optimizer_state)
+    _check_space(folder, needed, f"training state at step {step}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        summary = {k: v for k, v in trainer.items() if isinstance(v, (int, float, str, bool, dict, list))
+                   and k not in ("scheduler", "scaler", "rng")}
+        torch.save({k: trainer.get(k) for k in ("scheduler", "scaler", "rng")}, tmp / "trainer.pt")
+        for name in ("weights.safetensors", "optimizer.pt", "trainer.pt"):
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        (tmp / "trainer.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+        if final.exists():  # a state for this step from an earlier attempt: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise SaveError(f"disk full while saving training state at step {step} in {folder}: needs about "
+                            f"{needed / 1e9:.2f} GB; the previous state is intact: free space and resume") from None
+        raise
+    for old in list_states(folder)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in folder.glob(f".tmp-{STATE_PREFIX}*"):  # leftovers of a run killed mid-save
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def list_states(folder: Path) -> list[Path]:
+    """Complete state folders (with ``trainer.json``), oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob(f"{STATE_PREFIX}*") if p.is_dir() and (p / "trainer.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[len(STATE_PREFIX):]))
+
+
+def find_latest_state(folder: Path) -> Path | None:
+    """The newest complete training state, or None."""
+    states = list_states(folder)
+    return states[-1] if states else None
+
+
+def load_training_state(path: Path) -> dict:
+    """``{"weights", "optimizer", "scheduler", "scaler", "rng", ...counters, "config"}`` from a state folder."""
+    from safetensors.torch import load_file
+
+    if not (path / "trainer.json").exists():
+        raise SaveError(f"{path} is not a complete training state (no trainer.json): choose another or 'latest'")
+    out = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    out["weights"] = load_file(str(path / "weights.safetensors"))
+    # our own files, written by save_training_state; weights_only keeps arbitrary pickles out anyway
+    out["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
+    out.update(torch.load(path / "trainer.pt", weights_only=False))
+    return out
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config dicts."""
+    keys = sorted(set(saved) | set(current))
+    out = []
+    for key in keys:
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+# keys that change what a resumed run computes are everything else; these only change files and speed
+RESUME_SAFE_KEYS = ("saving.", "data.num_workers", "model.allow_pickle", "max_steps", "epochs")

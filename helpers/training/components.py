@@ -1,0 +1,154 @@
+"""The trainer's seam to model I/O and model families: load the base model, pick what trains, save results.
+
+Loading and saving belong to ``helpers.models`` (``load_model``, ``save_single_file``); family differences
+(text encoding, size conditioning) to ``helpers.models.sdxl`` / ``sd15``. This module resolves a base-model
+name, puts models in the right dtype/mode for training and returns the family adapter, so the loop never
+asks which family it trains.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
+
+
+def resolve_base_model(name: str, models_dir: Path | None) -> str:
+    """A path that exists, a model in the workspace's ``models/``, or (left as is) a Hub repo id."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if models_dir is not None and (models_dir / name).exists():
+        return str(models_dir / name)
+    return name
+
+
+def model_family(arch: str) -> types.ModuleType:
+    """``helpers.models.sdxl`` or ``helpers.models.sd15``: tokenize_captions, encode_tokens, unet_conditioning."""
+    from helpers.models import sd15, sdxl
+
+    families = {"sdxl": sdxl, "sd15": sd15}
+    if arch not in families:
+        raise ValueError(f"unknown model family {arch!r}: expected one of {', '.join(families)}")
+    return families[arch]
+
+
+def load_base_model(source: str, *, arch: str | None, prediction: str | None, allow_pickle: bool):
+    """A ``ModelBundle`` (arch, prediction, unet, vae, text_encoders, tokenizers, noise_scheduler) in fp32 on CPU."""
+    from helpers import models
+
+    if not hasattr(models, "load_model"):  # TEMPORARY until helpers.models.load_model lands (engineer A)
+        return _load_diffusers_folder(source, arch, prediction)
+    return models.load_model(source, arch=arch, prediction=prediction, dtype=torch.float32, device="cpu",
+                             allow_pickle=allow_pickle)
+
+
+def _load_diffusers_folder(source: str, arch: str | None, prediction: str | None):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    root = Path(source)
+    is_xl = (root / "text_encoder_2").exists()
+    sched = DDPMScheduler.from_pretrained(root / "scheduler")
+    tes = [CLIPTextModel.from_pretrained(root / "text_encoder")]
+    toks = [AutoTokenizer.from_pretrained(root / "tokenizer")]
+    if is_xl:
+        tes.append(CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2"))
+        toks.append(AutoTokenizer.from_pretrained(root / "tokenizer_2"))
+    pred = prediction or sched.config.prediction_type
+    sched = DDPMScheduler.from_config(sched.config, prediction_type=pred, clip_sample=False)
+    return types.SimpleNamespace(arch=arch or ("sdxl" if is_xl else "sd15"), prediction=pred,
+                                 unet=UNet2DConditionModel.from_pretrained(root / "unet"),
+                                 vae=AutoencoderKL.from_pretrained(root / "vae"), text_encoders=tes,
+                                 tokenizers=toks, noise_scheduler=sched, source=source)
+
+
+@dataclass
+class TrainedModels:
+    """Which models train, with their learning rates, and the names their weights are saved under."""
+
+    modules: dict[str, torch.nn.Module] = field(default_factory=dict)
+    learning_rates: dict[str, float] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.{k}": v for name, module in self.modules.items() for k, v in module.state_dict().items()}
+
+    def load_state_dict(self, weights: dict[str, torch.Tensor]) -> None:
+        for name, module in self.modules.items():
+            prefix = f"{name}."
+            part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            if not part:
+                raise ValueError(f"the training state holds no weights for {name}: it was saved by a run that "
+                                 f"did not train {name}")
+            module.load_state_dict(part, strict=True)
+
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": [p for p in module.parameters() if p.requires_grad], "lr": self.learning_rates[name],
+                 "name": name} for name, module in self.modules.items()]
+
+
+def choose_trained_models(bundle, *, unet_lr: float, train_text_encoder: bool, te_lrs: list[float | None]
+                          ) -> TrainedModels:
+    """The U-Net always; each text encoder when text-encoder training is on and its LR is not 0.
+
+    A text-encoder LR of None means "same as the U-Net". Frozen models get ``requires_grad_(False)``.
+    """
+    trained = TrainedModels()
+    bundle.vae.requires_grad_(False)
+    trained.modules["unet"], trained.learning_rates["unet"] = bundle.unet, unet_lr
+    bundle.unet.requires_grad_(True)
+    for index, te in enumerate(bundle.text_encoders):
+        lr = te_lrs[index] if index < len(te_lrs) and te_lrs[index] is not None else unet_lr
+        train = train_text_encoder and lr > 0
+        te.requires_grad_(train)
+        if train:
+            trained.modules[f"te{index + 1}"], trained.learning_rates[f"te{index + 1}"] = te, lr
+    return trained
+
+
+def prepare_models(bundle, trained: TrainedModels, *, device: torch.device, weight_dtype: torch.dtype,
+                   frozen_dtype: torch.dtype, vae_dtype: torch.dtype, gradient_checkpointing: bool,
+                   attention: str) -> None:
+    """Move models to the device and dtypes: trained ones in ``weight_dtype`` (fp32 unless full fp16/bf16),
+    frozen text encoders in ``frozen_dtype`` (the mixed-precision dtype: they only run forward)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    bundle.vae.to(device, vae_dtype).eval()
+    bundle.unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+    for name, te in zip(("te1", "te2"), bundle.text_encoders):
+        te.to(device)
+        te.train(name in trained.modules)
+        if name not in trained.modules:
+            te.to(dtype=frozen_dtype)
+    bundle.unet.to(device).train()
+    for name, module in trained.modules.items():
+        module.to(dtype=weight_dtype)
+        if gradient_checkpointing:
+            if name == "unet":
+                module.enable_gradient_checkpointing()
+            else:
+                module.gradient_checkpointing_enable()
+
+
+def encode_pixels(vae, pixels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """VAE latents × scaling factor, one seeded sample per image (so a latent depends only on its seed)."""
+    dtype, device = vae.dtype, vae.device
+    with torch.no_grad():
+        dist = vae.encode(pixels.to(device, dtype)).latent_dist
+        noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(s))
+                             for s in seeds]).to(device, dist.mean.dtype)
+        latents = dist.mean + dist.std * noise
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((latents - shift) * vae.config.scaling_factor).float()
+
+
+def save_model_file(path: Path, bundle, *, precision: str, metadata: dict[str, str]) -> Path:
+    """The whole model (trained and frozen parts) as one original-layout safetensors file."""
+    from helpers.models.export import save_single_file
+
+    return save_single_file(bundle.unet, bundle.vae, bundle.text_encoders, path, arch=bundle.arch,
+                            precision=precision, metadata=metadata, prediction=bundle.prediction)

@@ -1,0 +1,105 @@
+"""``TrainConfig``: one training run's settings, composed of the parts each module owns.
+
+``DataConfig`` lives beside the data code, ``OptimizerConfig`` beside the optimizers, ``SaveConfig`` beside the
+checkpoint code; this module adds the base model, the objective and precision sections and the run-level
+numbers (epochs, batch size, seed), and the cross-field checks a form shows before anything runs.
+A run folder keeps its ``config.toml``; templates in ``templates/`` hold only what differs from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from helpers.config import option
+from helpers.training.checkpoints import SaveConfig
+from helpers.training.data import DataConfig
+from helpers.training.optim import OptimizerConfig
+
+
+@dataclass
+class ModelConfig:
+    """The model to start from."""
+
+    base_model: str = option("", help="a single .safetensors file, a diffusers folder, a Hub repo id, or the name "
+                             "of a model in the workspace", kind="path")
+    arch: Literal["auto", "sdxl", "sd15"] = option("auto", help="model family (auto = read it from the file)")
+    prediction: Literal["auto", "epsilon", "v_prediction"] = option(
+        "auto", help="what the model predicts (auto = from the file; most SDXL/SD 1.5 models: epsilon)")
+    allow_pickle: bool = option(False, help="allow .ckpt/.pt pickle files (they can run code: only for files "
+                                "you trust)", group="advanced")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The diffusion loss (see ``helpers.training.objective``)."""
+
+    min_snr_gamma: float = option(0.0, min=0.0, max=100.0, help="min-SNR-γ loss weighting (5 in the paper and "
+                                  "the guide; 0 = off)")
+    noise_offset: float = option(0.0, min=0.0, max=1.0, help="offset noise strength (0 = off)", group="advanced")
+    min_timestep: int = option(0, min=0, max=999, help="smallest timestep trained", group="advanced")
+    max_timestep: int = option(1000, min=1, max=1000, help="timesteps below this are trained", group="advanced")
+
+
+@dataclass
+class PrecisionConfig:
+    """Numeric precision and memory savers."""
+
+    mixed_precision: Literal["no", "fp16", "bf16"] = option(
+        "no", help="compute in half precision (fp16 needs loss scaling; bf16 on Ampere or newer)")
+    full_half_precision: bool = option(False, help="keep the trained weights themselves in fp16/bf16 (kohya "
+                                       "full_fp16/full_bf16): less memory, lower quality", group="advanced")
+    vae_precision: Literal["fp32", "fp16", "bf16"] = option(
+        "fp32", help="VAE precision; the SDXL VAE gives NaN/black images in fp16", group="advanced")
+    gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass: much less "
+                                          "memory, ~30% slower")
+    attention: Literal["sdpa", "default"] = option("sdpa", help="scaled-dot-product attention kernels (fast, "
+                                                   "memory efficient)", group="advanced")
+
+
+@dataclass
+class TrainConfig:
+    """A full fine-tune of SDXL or SD 1.5."""
+
+    format_version: ClassVar[int] = 1
+
+    model: ModelConfig = option(factory=ModelConfig, help="base model")
+    data: DataConfig = option(factory=DataConfig, help="images and captions")
+    optimizer: OptimizerConfig = option(factory=OptimizerConfig, help="optimizer and learning rate")
+    objective: ObjectiveConfig = option(factory=ObjectiveConfig, help="loss")
+    precision: PrecisionConfig = option(factory=PrecisionConfig, help="precision and memory")
+    saving: SaveConfig = option(factory=SaveConfig, help="checkpoints and training state")
+    epochs: int = option(10, min=1, max=100_000, help="passes over the dataset (with repeats)")
+    max_steps: int = option(0, min=0, max=10_000_000, help="stop after this many optimizer steps (0 = epochs "
+                            "decide)", group="advanced")
+    batch_size: int = option(1, min=1, max=512, help="images per batch (per GPU)")
+    seed: int = option(42, min=0, max=2**31 - 1, help="fixes data order, crops and noise: same seed, same run")
+    device: str = option("auto", help="auto (CUDA when present), cuda, cuda:N or cpu", group="advanced")
+
+    def check(self) -> dict[str, str]:
+        """Problems between fields that would waste GPU time or produce NaNs."""
+        problems: dict[str, str] = {}
+        d, p, o = self.data, self.precision, self.optimizer
+        if not self.model.base_model:
+            problems["model.base_model"] = "choose a base model (file, diffusers folder, Hub id or workspace name)"
+        if not d.dataset:
+            problems["data.dataset"] = "choose a dataset folder"
+        if d.resolution % d.bucket_step:
+            problems["data.resolution"] = (f"{d.resolution} is not divisible by the bucket step {d.bucket_step}: "
+                                           f"use {d.resolution - d.resolution % d.bucket_step} or "
+                                           f"{d.resolution - d.resolution % d.bucket_step + d.bucket_step}")
+        if d.min_bucket_side > d.max_bucket_side:
+            problems["data.min_bucket_side"] = "must not exceed max_bucket_side"
+        if d.cache_latents != "off" and d.random_crop:
+            problems["data.cache_latents"] = ("a cached latent has one fixed crop: turn off random_crop or the "
+                                              "latent cache")
+        if p.vae_precision == "fp16" and self.model.arch != "sd15":
+            problems["precision.vae_precision"] = ("the SDXL VAE overflows in fp16 (NaN latents, black images): "
+                                                   "use fp32 (or bf16)")
+        if p.full_half_precision and p.mixed_precision == "no":
+            problems["precision.full_half_precision"] = "needs mixed_precision fp16 or bf16"
+        if o.lr_scheduler == "constant" and o.lr_warmup_steps:
+            problems["optimizer.lr_warmup_steps"] = "the constant schedule has no warm-up: use constant_with_warmup"
+        if self.objective.min_timestep >= self.objective.max_timestep:
+            problems["objective.min_timestep"] = "must be below max_timestep"
+        return problems

@@ -1,0 +1,87 @@
+"""Forms are two-way views of configs: value round trips, invalid values marked, templates applied."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from helpers.config import ConfigError, build_config
+from helpers.templates import list_templates
+from helpers.ui.forms import config_form, templates_for
+from tests.test_config import Demo, Optim
+
+
+def test_form_round_trip():
+    cfg = Demo(learning_rate=2e-6, epochs=4, optimizer="adamw", seed=7, tags=["x", "y"], optim=Optim(0.5))
+    form = config_form(Demo)
+    form.value = cfg
+    assert form.value == cfg
+    assert config_form(cfg).value == cfg
+
+
+def test_invalid_values_marked_next_to_field():
+    form = config_form(Demo)
+    form.rows["learning_rate"].input.value = -1.0
+    form.rows["seed"].input.value = "seven"
+    with pytest.raises(ConfigError) as err:
+        form.value
+    assert set(err.value.problems) == {"learning_rate", "seed"}
+    assert "between" in form.rows["learning_rate"].message.value
+    assert "expected int" in form.rows["seed"].message.value
+    assert "2 problem" in form.status.value
+    form.rows["learning_rate"].input.value = 1e-5
+    form.rows["seed"].input.value = ""
+    assert form.value.seed is None and form.rows["seed"].message.value == ""
+
+
+def test_secret_uses_password_widget_and_groups_collapse():
+    import ipywidgets as w
+
+    form = config_form(Demo)
+    assert isinstance(form.rows["token"].input, w.Password)
+    assert isinstance(form.rows["optimizer"].input, w.Dropdown)
+    accordions = [c for c in form.widget.children if isinstance(c, w.Accordion)]
+    assert accordions and all(a.selected_index is None for a in accordions)
+
+
+def test_save_and_load_buttons(tmp_path):
+    form = config_form(Demo)
+    form.rows["epochs"].input.value = 9
+    form.path_box.value = str(tmp_path / "c.toml")
+    form._on_save()
+    other = config_form(Demo)
+    other.path_box.value = str(tmp_path / "c.toml")
+    other._on_load()
+    assert other.value.epochs == 9
+
+
+def test_callback_errors_are_shown_not_lost(tmp_path):
+    form = config_form(Demo)
+    form.path_box.value = str(tmp_path / "missing.toml")
+    with pytest.raises(FileNotFoundError):
+        form._guard(form._on_load)
+    assert "not found" in form.status.value
+
+
+@pytest.mark.parametrize("name", list_templates())
+def test_every_template_round_trips_through_a_form(name):
+    matching = [cls for cls in _config_classes() if name in templates_for(cls)]
+    assert matching, f"template {name} loads into no config class"
+    for cls in matching:
+        cfg = build_config(cls, name)
+        form = config_form(cls, template=name, templates=templates_for(cls))
+        assert form.value == cfg
+        assert dataclasses.asdict(form.value) == dataclasses.asdict(cfg)
+
+
+def _config_classes():
+    import importlib
+
+    found = []
+    for mod, attr in [("helpers.training", "TrainConfig"), ("helpers.training.config", "TrainConfig")]:
+        try:
+            found.append(getattr(importlib.import_module(mod), attr))
+        except (ImportError, AttributeError):
+            continue
+    return list(dict.fromkeys(found))
