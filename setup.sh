@@ -47,11 +47,17 @@ trap 'die "setup failed at line $LINENO (command: $BASH_COMMAND). Fix the messag
 command -v "$py_boot" >/dev/null || die "no '$py_boot' on PATH. Install Python >= 3.10 or set TUNEBOOK_PYTHON."
 "$py_boot" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
   || die "$("$py_boot" --version 2>&1) is too old: tunebook needs Python >= 3.10 (set TUNEBOOK_PYTHON)."
-if [ ! -x "$venv/bin/python" ]; then
-  say "creating .venv with --system-site-packages (reuses the image's CUDA torch)"
-  "$py_boot" -m venv --system-site-packages "$venv" || die "python -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'."
+if [ -n "${COLAB_RELEASE_TAG:-}" ]; then
+  # Colab runs notebooks in its own Python and cannot switch kernels: install there, no venv, no kernelspec.
+  say "Colab detected: installing into Colab's Python"
+  vpy="$(command -v "$py_boot")"; venv="$repo/.colab-state"; mkdir -p "$venv"; TUNEBOOK_SKIP_JUPYTER=1
+else
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating .venv with --system-site-packages (reuses the image's CUDA torch)"
+    "$py_boot" -m venv --system-site-packages "$venv" || die "python -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'."
+  fi
+  vpy="$venv/bin/python"
 fi
-vpy="$venv/bin/python"
 pip=("$vpy" -m pip --disable-pip-version-check)
 
 # ---- 2. torch: keep a working one, install only when none is importable ---------------------------------
@@ -101,11 +107,11 @@ ws="$(cd "$ws" && pwd)"
 "$vpy" -m helpers.workspace init "$ws" --remember >/dev/null
 # The venv's activate script exports the workspace and a Hugging Face cache inside it (rented boxes have a
 # small root disk; /workspace is the volume that persists).
-activate_extra="$venv/bin/tunebook-env.sh"
+mkdir -p "$venv/bin"; activate_extra="$venv/bin/tunebook-env.sh"
 cat > "$activate_extra" <<EOF
 export HF_HOME="\${HF_HOME:-$ws/cache/huggingface}"
 EOF
-grep -q tunebook-env.sh "$venv/bin/activate" || echo ". \"$activate_extra\"" >> "$venv/bin/activate"
+[ -f "$venv/bin/activate" ] && { grep -q tunebook-env.sh "$venv/bin/activate" || echo ". \"$activate_extra\"" >> "$venv/bin/activate"; }
 # shellcheck disable=SC1090
 . "$activate_extra"
 
