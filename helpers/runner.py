@@ -1,0 +1,198 @@
+"""Training as a detached job: start, watch, stop, resume — never inside the notebook kernel.
+
+``start_job`` writes the run's ``config.toml`` and launches ``python -m helpers.training RUN/config.toml`` (or
+``accelerate launch`` for several GPUs) in its own session, with stdout/stderr in ``RUN/stdout.log`` and the
+process id in ``RUN/job.json``. A closed browser tab or a restarted kernel loses nothing: ``job_status`` reads
+the files the trainer writes (``status.json``, ``log.jsonl``) and checks whether the process still lives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helpers.config import save_config, write_text_atomic
+from helpers.workspace import RunPaths
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class JobStatus:
+    """What a monitor shows: the trainer's own status plus whether its process is alive."""
+
+    state: str  # not started | starting | caching | training | finished | failed | stopped | died
+    alive: bool
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    images_per_s: float | None = None
+    eta_s: float | None = None
+    peak_memory_gb: float | None = None
+    last_checkpoint: str | None = None
+    error: str | None = None
+    pid: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return not self.alive and self.state not in ("not started",)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this kernel counts as gone
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def training_command(config_path: Path, num_gpus: int = 1, resume: str | None = None,
+                     python: str = sys.executable) -> list[str]:
+    """The command line that trains one run (``accelerate launch`` when more than one GPU is used)."""
+    args = ["-m", "helpers.training", str(config_path)]
+    if resume:
+        args += ["--resume", resume]
+    if num_gpus > 1:
+        return [python, "-m", "accelerate.commands.launch", "--num_processes", str(num_gpus), *args]
+    return [python, *args]
+
+
+def start_job(run: RunPaths, config: Any = None, *, num_gpus: int = 1, resume: str | None = None,
+              env: dict[str, str] | None = None) -> JobStatus:
+    """Launch the run detached. ``config`` (a TrainConfig) is saved first; None reuses the saved one.
+
+    Refuses to start a second process on a run whose process is still alive.
+    """
+    current = job_status(run)
+    if current.alive:
+        raise RuntimeError(f"run '{run.name}' is already running (pid {current.pid}): stop it first or watch it")
+    run.create()
+    if config is not None:
+        if run.config.exists() and resume is None and (run.state.exists() and any(run.state.iterdir())):
+            raise FileExistsError(f"run '{run.name}' already has training state: resume it "
+                                  f"(resume='latest') or pick a new run name")
+        save_config(config, run.config)
+    elif not run.config.exists():
+        raise FileNotFoundError(f"run '{run.name}' has no config.toml: pass a config")
+    cmd = training_command(run.config, num_gpus=num_gpus, resume=resume)
+    child_env = {**os.environ, **(env or {})}
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH")]))
+    write_text_atomic(run.root / "status.json", json.dumps({"state": "starting", "step": 0}))
+    with open(run.stdout, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                                env=child_env, start_new_session=True)  # own session: survives the kernel
+    write_text_atomic(run.job, json.dumps({"pid": proc.pid, "command": cmd, "started": time.time(),
+                                           "resume": resume}, indent=1))
+    return job_status(run)
+
+
+def job_status(run: RunPaths) -> JobStatus:
+    job = read_json(run.job)
+    pid = job.get("pid")
+    alive = _pid_alive(pid)
+    status = read_json(run.root / "status.json")
+    if not job and not status:
+        return JobStatus("not started", False)
+    state = status.get("state", "starting")
+    if not alive and state in ("starting", "caching", "training"):
+        state = "stopped" if job.get("stopped") else "died"
+    fields = {k: status.get(k) for k in ("loss", "lr", "images_per_s", "eta_s", "peak_memory_gb",
+                                          "last_checkpoint", "error")}
+    if state == "died" and not fields["error"]:
+        fields["error"] = "the training process ended without a word: see " + str(run.stdout) + \
+                          " (out of memory kills are the usual cause); resume it to continue from the last state"
+    return JobStatus(state=state, alive=alive, step=int(status.get("step") or 0),
+                     total_steps=int(status.get("total_steps") or 0), epoch=int(status.get("epoch") or 0),
+                     pid=pid, **fields)
+
+
+def stop_job(run: RunPaths, timeout: float = 60.0) -> JobStatus:
+    """Ask the trainer to stop (SIGTERM to its process group), then kill it if it does not within ``timeout``."""
+    job = read_json(run.job)
+    pid = job.get("pid")
+    if not _pid_alive(pid):
+        return job_status(run)
+    job["stopped"] = time.time()
+    write_text_atomic(run.job, json.dumps(job, indent=1))
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return job_status(run)
+    deadline = time.time() + timeout
+    while time.time() < deadline and _pid_alive(pid):
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    _reap(pid)
+    return job_status(run)
+
+
+def _reap(pid: int | None) -> None:
+    if not pid:
+        return
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def wait_job(run: RunPaths, timeout: float | None = None, poll: float = 0.5) -> JobStatus:
+    """Block until the run's process ends (or ``timeout`` seconds pass); returns the final status."""
+    t0 = time.time()
+    while True:
+        _reap(read_json(run.job).get("pid"))
+        status = job_status(run)
+        if not status.alive or (timeout is not None and time.time() - t0 > timeout):
+            return status
+        time.sleep(poll)
+
+
+def read_log(run: RunPaths, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Log lines appended since byte offset ``since``; returns (records, new offset). Partial lines wait."""
+    try:
+        with open(run.log, "rb") as fh:
+            fh.seek(since)
+            data = fh.read()
+    except OSError:
+        return [], since
+    end = data.rfind(b"\n") + 1
+    records = []
+    for line in data[:end].splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records, since + end
+
+
+def loss_curve(run: RunPaths) -> list[tuple[int, float]]:
+    """(step, loss) per step; after a resume the last line for a step wins."""
+    per_step: dict[int, float] = {}
+    for rec in read_log(run)[0]:
+        if "step" in rec and rec.get("loss") is not None and "event" not in rec:
+            per_step[int(rec["step"])] = float(rec["loss"])
+    return sorted(per_step.items())
