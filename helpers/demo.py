@@ -16,6 +16,7 @@ from helpers.workspace import Workspace, default_root
 # (label, module, function) in pipeline order; each function takes the Workspace and returns {what: where}.
 STAGES: list[tuple[str, str, str]] = [
     ("base model", "helpers.demo", "prepare_base_model"),
+    ("dataset in", "helpers.dataset", "run_demo"),
 ]
 
 
