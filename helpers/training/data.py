@@ -513,3 +513,58 @@ def fill_latent_cache(dataset: TrainingImages, store: LatentStore, encode: Calla
         pixels = load_pixels(path, resized, bucket, left, top, flipped)[None]
         store.put(key, encode(pixels, seed_for(int(key.split("_")[0], 16)))[0])
     return len(todo)
+
+
+# ---------------------------------------------------------------- assembled
+
+
+@dataclass
+class TrainingData:
+    """The scanned dataset with its buckets: gives each epoch's batches and a loader over any of them."""
+
+    dataset: TrainingImages
+    report: DatasetReport
+    repeats: list[int]
+    batch_size: int
+    seed: int
+    num_workers: int = 0
+    world_size: int = 1
+    rank: int = 0
+
+    def batches(self, epoch: int) -> list[list[Sample]]:
+        return plan_epoch([b for b, _ in self.dataset.placement], self.repeats, self.batch_size, self.seed, epoch,
+                          self.world_size, self.rank)
+
+    def loader(self, batches: list[list[Sample]]) -> torch.utils.data.DataLoader:
+        """Loads exactly these batches, in this order (workers prefetch; order is kept)."""
+        workers = min(self.num_workers, len(batches))
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate_samples,
+                                           num_workers=workers, persistent_workers=False,
+                                           prefetch_factor=4 if workers else None)
+
+
+def build_training_data(cfg: DataConfig, root: Path, *, batch_size: int, seed: int, world_size: int = 1,
+                        rank: int = 0, cache_folder: Path | None = None,
+                        encode: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                        show_progress: bool = True) -> TrainingData:
+    """Scan ``root``, assign buckets, and (when ``cfg.cache_latents`` is on) encode latents with ``encode``."""
+    items, report = scan_dataset(root, caption_extension=cfg.caption_extension, default_repeats=cfg.repeats,
+                                 on_bad_data=cfg.on_bad_data)
+    placement = assign_buckets(items, resolution=cfg.resolution, enable_buckets=cfg.enable_buckets,
+                               min_side=cfg.min_bucket_side, max_side=cfg.max_bucket_side, step=cfg.bucket_step,
+                               no_upscale=cfg.no_upscale)
+    for (bucket, _), item in zip(placement, items):
+        name = f"{bucket[0]}x{bucket[1]}"
+        report.buckets[name] = report.buckets.get(name, 0) + item.repeats
+    hook = caption_hook(cfg.shuffle_caption, cfg.keep_tokens, cfg.caption_separator, cfg.tag_dropout,
+                        cfg.caption_dropout)
+    dataset = TrainingImages(items, placement, seed=seed, random_crop=cfg.random_crop, flip=cfg.flip,
+                             caption_transform=hook)
+    if cfg.cache_latents != "off":
+        if encode is None:
+            raise ValueError("cache_latents needs an encode function")
+        store = LatentStore([file_digest(i.path) for i in items], cache_folder if cfg.cache_latents == "disk" else None)
+        fill_latent_cache(dataset, store, encode, cfg.flip, show_progress)
+        dataset.latents = store
+    return TrainingData(dataset, report, [i.repeats for i in items], batch_size, seed, cfg.num_workers,
+                        world_size, rank)

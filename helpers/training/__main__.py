@@ -1,0 +1,76 @@
+"""Command line: ``python -m helpers.training RUN.toml [--resume latest|STATE_DIR]``.
+
+Trains the run described by RUN.toml into its run folder (the TOML's folder, or ``--run-dir``); also works
+under ``accelerate launch -m helpers.training RUN.toml`` for several GPUs. Exit status: 0 done,
+2 bad config/data/model (message says what to fix), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.training", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="the run's TOML (a saved TrainConfig, e.g. runs/<name>/config.toml)")
+    parser.add_argument("--resume", metavar="STATE", help="'latest' = newest state in the run folder, or a "
+                        "state folder")
+    parser.add_argument("--run-dir", help="run folder (default: the folder of the config file)")
+    parser.add_argument("--workspace", help="workspace root for model/dataset names (default: "
+                        "TUNEBOOK_WORKSPACE or the platform default)")
+    parser.add_argument("--check", action="store_true", help="validate config and dataset, then exit")
+    parser.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                        help="progress bar (auto = when attached to a terminal)")
+    args = parser.parse_args(argv)
+
+    from helpers.config import ConfigError, load_config, save_config, validate
+    from helpers.models.checkpoint import CheckpointError
+    from helpers.training.checkpoints import SaveError
+    from helpers.training.config import TrainConfig
+    from helpers.training.data import DataError
+    from helpers.training.loop import TrainingError, resolve_dataset, train
+    from helpers.workspace import Workspace
+
+    config_path = Path(args.config)
+    try:
+        cfg = load_config(TrainConfig, config_path)
+        problems = validate(cfg)
+        if problems:
+            raise ConfigError(problems, str(config_path))
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir) if args.run_dir else config_path.resolve().parent
+    ws_root = args.workspace or os.environ.get("TUNEBOOK_WORKSPACE")
+    ws = Workspace.open(ws_root) if ws_root else None
+    if args.check:
+        from helpers.training.data import scan_dataset
+
+        try:
+            models_dir = ws.models if ws else None
+            _, report = scan_dataset(resolve_dataset(cfg.data.dataset, models_dir),
+                                     caption_extension=cfg.data.caption_extension,
+                                     default_repeats=cfg.data.repeats, on_bad_data=cfg.data.on_bad_data)
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(report.summary())
+        return 0
+    if config_path.resolve() != (run_dir / "config.toml").resolve():
+        save_config(cfg, run_dir / "config.toml")  # the run folder always holds what it ran with
+    show = {"auto": None, "on": True, "off": False}[args.progress]
+    try:
+        result = train(cfg, run_dir, resume=args.resume, models_dir=ws.models if ws else None,
+                       cache_dir=ws.cache if ws else None, show_progress=show)
+    except (DataError, TrainingError, SaveError, CheckpointError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done: {result['steps']} steps, model: {result['final']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

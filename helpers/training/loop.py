@@ -1,0 +1,343 @@
+"""The training loop, top to bottom: set up, then optimizer steps until the planned number is done.
+
+Everything else sits behind named calls: data (``training.data``), the loss (``training.objective`` via
+``compute_loss``), models and families (``training.components``), saving and resuming
+(``training.checkpoints``), logging (``training.progress``). One process per GPU under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from helpers.config import to_dict
+from helpers.training import checkpoints as ckpt
+from helpers.training import objective as obj
+from helpers.training.components import (DTYPES, choose_trained_models, encode_pixels, load_base_model,
+                                         model_family, prepare_models, resolve_base_model, save_model_file)
+from helpers.training.config import TrainConfig
+from helpers.training.data import build_training_data, seed_for
+from helpers.training.optim import build_lr_scheduler, build_optimizer
+from helpers.training.progress import RunMonitor, peak_memory_gb
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user can act on (the message says what to do)."""
+
+
+@dataclass
+class Position:
+    """Where a run is: optimizer steps done, current epoch, batches of it already consumed."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def train(cfg: TrainConfig, run_root: Path, *, resume: str | None = None, models_dir: Path | None = None,
+          cache_dir: Path | None = None, show_progress: bool | None = None) -> dict:
+    """Train ``cfg`` into ``run_root``; ``resume`` = "latest" or a state folder. Returns a summary."""
+    accelerator = start_accelerator(cfg.precision.mixed_precision, cfg.device, cfg.optimizer.train_text_encoder)
+    monitor = RunMonitor(run_root, enabled=accelerator.is_main_process, show_bar=show_progress)
+    try:
+        return run_training(cfg, Path(run_root), accelerator, monitor, resume, models_dir, cache_dir)
+    except BaseException as exc:
+        monitor.event("failed", error=f"{type(exc).__name__}: {exc}")
+        monitor.update(force=True, state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        monitor.close()
+
+
+def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_dir) -> dict:
+    p, o, device = cfg.precision, cfg.optimizer, accelerator.device
+    torch.manual_seed(cfg.seed)
+    # 1. Load the base model; the family adapter hides SDXL/SD 1.5 differences from this loop
+    monitor.update(force=True, state="loading")
+    bundle = load_base_model(resolve_base_model(cfg.model.base_model, models_dir),
+                             arch=None if cfg.model.arch == "auto" else cfg.model.arch,
+                             prediction=None if cfg.model.prediction == "auto" else cfg.model.prediction,
+                             allow_pickle=cfg.model.allow_pickle)
+    check_model_settings(bundle.arch, p.vae_precision)
+    family = model_family(bundle.arch)
+    alphas_cumprod = bundle.noise_scheduler.alphas_cumprod.to(device)
+    # 2. Choose what trains (text encoders with LR 0 stay frozen) and place every model
+    trained = choose_trained_models(bundle, unet_lr=o.learning_rate, train_text_encoder=o.train_text_encoder,
+                                    te_lrs=[o.learning_rate_te1, o.learning_rate_te2])
+    weight_dtype = DTYPES[p.mixed_precision] if p.full_half_precision else torch.float32
+    prepare_models(bundle, trained, device=device, weight_dtype=weight_dtype, frozen_dtype=DTYPES[p.mixed_precision],
+                   vae_dtype=DTYPES[p.vae_precision], gradient_checkpointing=p.gradient_checkpointing,
+                   attention=p.attention)
+    # 3. Scan the dataset (bad files reported before any GPU time is spent), fill the latent cache
+    monitor.update(force=True, state="caching" if cfg.data.cache_latents != "off" else "loading")
+    data = build_training_data(cfg.data, resolve_dataset(cfg.data.dataset, models_dir),
+                               batch_size=cfg.batch_size, seed=cfg.seed, world_size=accelerator.num_processes,
+                               rank=accelerator.process_index, cache_folder=latent_cache_folder(cache_dir, bundle.vae),
+                               encode=lambda px, seed: encode_pixels(bundle.vae, px, [seed]),
+                               show_progress=monitor.show_bar)
+    monitor.event("data", report=data.report.to_dict(), summary=data.report.summary())
+    steps_per_epoch = math.ceil(len(data.batches(0)) / o.gradient_accumulation_steps)
+    total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or sys.maxsize)
+    # 4. Optimizer and LR schedule; accelerate adds DDP, autocast and loss scaling
+    optimizer = build_optimizer(trained.parameter_groups(), o.optimizer, weight_decay=o.weight_decay,
+                                betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon)
+    scheduler = build_lr_scheduler(optimizer, o.lr_scheduler, o.lr_warmup_steps, total_steps)
+    names = list(trained.modules)
+    *wrapped, optimizer = accelerator.prepare(*trained.modules.values(), optimizer)
+    if p.full_half_precision and p.mixed_precision == "fp16":
+        allow_fp16_gradients(accelerator)
+    # 5. Resume: weights, optimizer, schedule, RNGs and data position from the newest (or given) state
+    position = Position()
+    if resume:
+        position = restore_training_state(resume, run_root / "state", cfg, trained, optimizer, scheduler,
+                                          accelerator, monitor)
+    monitor.event("resume" if resume else "start", step=position.step, total_steps=total_steps,
+                  trained=names, device=str(device), processes=accelerator.num_processes)
+    monitor.update(force=True, state="training", total_steps=total_steps, epochs=cfg.epochs, step=position.step)
+    monitor.start_bar(total_steps, position.step)
+    images_per_step = cfg.batch_size * o.gradient_accumulation_steps * accelerator.num_processes
+    last_state_time, step_time = time.monotonic(), None
+    modules = dict(zip(names, wrapped))  # DDP-wrapped where training, so gradients synchronise
+    settings = dict(family=family, unet=modules["unet"], vae=bundle.vae, tokenizers=bundle.tokenizers,
+                    text_encoders=[modules.get(f"te{i + 1}", te) for i, te in enumerate(bundle.text_encoders)],
+                    unet_dtype=bundle.unet.dtype, alphas_cumprod=alphas_cumprod, objective=cfg.objective,
+                    prediction=bundle.prediction, train_text=len(names) > 1)
+    # 6. Optimizer steps, epoch by epoch, from where the run stands
+    while position.step < total_steps:
+        batches = data.batches(position.epoch)
+        remaining = batches[position.batch_in_epoch:]
+        for chunk in step_chunks(data.loader(remaining), o.gradient_accumulation_steps):
+            started = time.monotonic()
+            # forward + backward over the chunk's batches, then one clipped optimizer step
+            loss = run_optimizer_step(chunk, accelerator, wrapped, optimizer, scheduler, o.max_grad_norm, settings)
+            position = Position(position.step + 1, position.epoch, position.batch_in_epoch + len(chunk))
+            # log: loss, LR, speed, memory, time left
+            elapsed = time.monotonic() - started
+            step_time = elapsed if step_time is None else 0.9 * step_time + 0.1 * elapsed
+            monitor.step({"step": position.step, "epoch": position.epoch + 1, "loss": loss,
+                          "lr": scheduler.get_last_lr()[0], "s_per_step": round(elapsed, 4),
+                          "images_per_s": round(images_per_step / elapsed, 3),
+                          "peak_memory_gb": round(peak_memory_gb(device), 3),
+                          "eta_s": round(step_time * (total_steps - position.step), 1)})
+            # save a model file / resumable state when due
+            if position.step < total_steps and ckpt.model_save_due(
+                    position.step, None, every_n_epochs=0, every_n_steps=cfg.saving.save_every_n_steps):
+                save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, step=position.step)
+            if ckpt.state_save_due(position.step, last_state_time, every_n_steps=cfg.saving.state_every_n_steps,
+                                   every_n_minutes=cfg.saving.state_every_n_minutes):
+                save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches)
+                last_state_time = time.monotonic()
+            if position.step >= total_steps:
+                break
+        if position.batch_in_epoch >= len(batches):  # epoch finished: next one starts at its first batch
+            position = Position(position.step, position.epoch + 1, 0)
+            if position.step < total_steps and ckpt.model_save_due(
+                    position.step, position.epoch, every_n_epochs=cfg.saving.save_every_n_epochs, every_n_steps=0):
+                save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, epoch=position.epoch)
+    # 7. The final model file
+    final = save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, final=True)
+    monitor.event("finished", step=position.step, path=str(final))
+    monitor.update(force=True, state="finished", step=position.step)
+    return {"final": str(final), "steps": position.step, "run": str(run_root)}
+
+
+# ---------------------------------------------------------------- one step
+
+
+def step_chunks(loader, size: int):
+    """Consecutive groups of ``size`` batches (the last group of an epoch may be shorter)."""
+    chunk = []
+    for batch in loader:
+        chunk.append(batch)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_optimizer_step(chunk, accelerator, wrapped, optimizer, scheduler, max_grad_norm, settings) -> float:
+    """Accumulate gradients over the chunk's batches (synchronising only on the last), clip, step."""
+    total = 0.0
+    for index, batch in enumerate(chunk):
+        last = index == len(chunk) - 1
+        with accelerator.no_sync(wrapped[0]) if not last and accelerator.num_processes > 1 else _nothing():
+            with accelerator.autocast():
+                loss = compute_loss(batch, **settings)
+            accelerator.backward(loss / len(chunk))
+        total += loss.item()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if max_grad_norm > 0:
+        accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped this step
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / len(chunk)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def compute_loss(batch, *, family, unet, vae, tokenizers, text_encoders, unet_dtype, alphas_cumprod, objective,
+                 prediction, train_text) -> torch.Tensor:
+    """Latents -> noise at random timesteps -> U-Net prediction -> (min-SNR weighted) MSE to the target."""
+    device = alphas_cumprod.device
+    if "latents" in batch:
+        latents = batch["latents"].to(device)
+    else:
+        latents = encode_pixels(vae, batch["pixels"], batch["seeds"])
+    if not torch.isfinite(latents).all():
+        raise TrainingError(explain_nonfinite("latents", vae.dtype))
+    generator = torch.Generator(device).manual_seed(seed_for(batch["seeds"][0], 2))
+    timesteps = obj.sample_timesteps(len(latents), generator, objective.min_timestep, objective.max_timestep)
+    noise = obj.sample_noise(latents, generator, objective.noise_offset)
+    noisy = obj.add_noise(latents, noise, timesteps, alphas_cumprod)
+    token_ids = family.tokenize_captions(tokenizers, batch["captions"])
+    with torch.set_grad_enabled(train_text):
+        text = family.encode_tokens(text_encoders, token_ids)
+    cond = family.unet_conditioning(text, batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"],
+                                    unet_dtype)
+    pred = unet(noisy.to(unet_dtype), timesteps, **cond).sample
+    target = obj.compute_target(prediction, latents, noise, timesteps, alphas_cumprod)
+    weights = None
+    if objective.min_snr_gamma:
+        weights = obj.min_snr_weights(obj.compute_snr(timesteps, alphas_cumprod), objective.min_snr_gamma, prediction)
+    loss = obj.diffusion_loss(pred, target, weights)
+    if not torch.isfinite(loss):
+        raise TrainingError(explain_nonfinite("loss", vae.dtype, unet_dtype))
+    return loss
+
+
+def explain_nonfinite(what: str, vae_dtype: torch.dtype, unet_dtype: torch.dtype | None = None) -> str:
+    """The likely cause of a NaN/inf, in the order they happen in practice."""
+    if what == "latents":
+        return (f"the VAE produced NaN/inf latents (VAE in {vae_dtype}): set precision.vae_precision = 'fp32' "
+                "(the SDXL VAE overflows in fp16); nothing was trained on them")
+    causes = ["the learning rate is too high (try 10x lower)"]
+    if unet_dtype == torch.float16:
+        causes.insert(0, "full fp16 weights overflow (use bf16, or full_half_precision = false)")
+    return ("the loss became NaN/inf, so training stopped instead of training on it. Likely: "
+            + "; or ".join(causes) + ". Resume from the last state after changing the config.")
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def start_accelerator(mixed_precision: str, device: str, find_unused: bool):
+    """An ``accelerate.Accelerator`` (one process per GPU under ``accelerate launch``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(int(device.split(":")[1]))
+    # SDXL TE1's last layer is unused (penultimate output), so DDP must allow unused parameters
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=find_unused)]
+    return Accelerator(mixed_precision=mixed_precision, cpu=device == "cpu", kwargs_handlers=kwargs)
+
+
+def allow_fp16_gradients(accelerator) -> None:
+    """Full fp16 keeps fp16 gradients, which torch's GradScaler refuses to unscale; allow it (as sd-scripts'
+    ``patch_accelerator_for_fp16_training`` does)."""
+    import functools
+
+    scaler = accelerator.scaler
+    scaler._unscale_grads_ = functools.partial(scaler._unscale_grads_, allow_fp16=True)
+
+
+def check_model_settings(arch: str, vae_precision: str) -> None:
+    if arch == "sdxl" and vae_precision == "fp16":
+        raise TrainingError("the SDXL VAE overflows in fp16 (NaN latents, black images): set "
+                            "precision.vae_precision = 'fp32'")
+
+
+def resolve_dataset(name: str, models_dir: Path | None) -> Path:
+    """A dataset folder, or a dataset name in the workspace beside ``models_dir``."""
+    path = Path(name).expanduser()
+    if not path.exists() and models_dir is not None and (models_dir.parent / "datasets" / name).exists():
+        return models_dir.parent / "datasets" / name
+    return path
+
+
+def latent_cache_folder(cache_dir: Path | None, vae) -> Path | None:
+    """``<cache>/latents/<VAE fingerprint>``: a different VAE never reuses another's latents."""
+    if cache_dir is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256(repr(sorted(vae.config.items())).encode())
+    for name, tensor in list(vae.state_dict().items())[:4]:
+        h.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    return Path(cache_dir) / "latents" / h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- saving and resuming
+
+
+def save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, *, epoch=None, step=None,
+                    final=False) -> Path:
+    """A single-file model now (main process), pruning older periodic ones."""
+    folder = run_root / "checkpoints"
+    path = folder / ckpt.checkpoint_name(run_root.name, epoch=epoch, step=step)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"tunebook.run": run_root.name, "tunebook.step": str(position.step),
+                "tunebook.epoch": str(position.epoch), "tunebook.base_model": cfg.model.base_model}
+        save_model_file(path, bundle, precision=cfg.saving.save_precision, metadata=meta)
+        if not final:
+            ckpt.prune_checkpoints(folder, run_root.name, cfg.saving.keep_last)
+        monitor.event("checkpoint", path=str(path), step=position.step, epoch=position.epoch)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches) -> None:
+    """Resumable training state (main process writes; every process waits)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        scaler = getattr(accelerator, "scaler", None)
+        trainer = {"step": position.step, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
+                   "batches_in_epoch": len(batches), "config": to_dict(cfg), "saved_at": time.time(),
+                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                   "rng": ckpt.capture_rng_states()}
+        path = ckpt.save_training_state(run_root / "state", position.step, weights=trained.state_dict(),
+                                        optimizer_state=optimizer.state_dict(), trainer=trainer,
+                                        keep_last=cfg.saving.keep_last_states)
+        monitor.event("state", path=str(path), step=position.step)
+    accelerator.wait_for_everyone()
+
+
+def restore_training_state(resume, state_dir, cfg, trained, optimizer, scheduler, accelerator, monitor) -> Position:
+    """Load a state into the models/optimizer/schedule and return where to continue; warn on config changes."""
+    path = ckpt.find_latest_state(state_dir) if resume == "latest" else Path(resume)
+    if path is None:
+        raise TrainingError(f"no training state in {state_dir} to resume from: start without --resume "
+                            "(states are written every saving.state_every_n_steps steps)")
+    state = ckpt.load_training_state(path)
+    changed = [d for d in ckpt.config_differences(state["config"], to_dict(cfg))
+               if not d.startswith(ckpt.RESUME_SAFE_KEYS)
+               or (d.startswith(("epochs", "max_steps")) and cfg.optimizer.lr_scheduler in ("cosine", "linear"))]
+    if changed:
+        message = ("resuming with changed settings, so the run will not match an uninterrupted one: "
+                   + "; ".join(changed))
+        print(f"warning: {message}", file=sys.stderr)
+        monitor.event("warning", message=message)
+    trained.load_state_dict(state["weights"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler") and getattr(accelerator, "scaler", None) is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    ckpt.restore_rng_states(state["rng"])
+    monitor.update(force=True, last_state=str(path))
+    return Position(state["step"], state["epoch"], state["batch_in_epoch"])
