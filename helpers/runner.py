@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.config import save_config, write_text_atomic
-from helpers.workspace import RunPaths
+from helpers.workspace import RunPaths, Workspace
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,9 +71,11 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def training_command(config_path: Path, num_gpus: int = 1, resume: str | None = None,
-                     python: str = sys.executable) -> list[str]:
+                     workspace: Path | None = None, python: str = sys.executable) -> list[str]:
     """The command line that trains one run (``accelerate launch`` when more than one GPU is used)."""
     args = ["-m", "helpers.training", str(config_path)]
+    if workspace is not None:
+        args += ["--workspace", str(workspace)]
     if resume:
         args += ["--resume", resume]
     if num_gpus > 1:
@@ -98,7 +100,7 @@ def start_job(run: RunPaths, config: Any = None, *, num_gpus: int = 1, resume: s
         save_config(config, run.config)
     elif not run.config.exists():
         raise FileNotFoundError(f"run '{run.name}' has no config.toml: pass a config")
-    cmd = training_command(run.config, num_gpus=num_gpus, resume=resume)
+    cmd = training_command(run.config, num_gpus=num_gpus, resume=resume, workspace=run.root.parent.parent)
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH")]))
     write_text_atomic(run.root / "status.json", json.dumps({"state": "starting", "step": 0}))
@@ -196,3 +198,40 @@ def loss_curve(run: RunPaths) -> list[tuple[int, float]]:
         if "step" in rec and rec.get("loss") is not None and "event" not in rec:
             per_step[int(rec["step"])] = float(rec["loss"])
     return sorted(per_step.items())
+
+
+def suggest_template(vram_gb: float | None) -> str:
+    """The shipped template that fits the GPU: A100 80 GB, A6000 48 GB, else the tiny demo (CPU/small GPUs)."""
+    if vram_gb is None or vram_gb < 40:
+        return "demo_tiny"
+    return "sdxl_finetune_a100" if vram_gb >= 70 else "sdxl_finetune_a6000"
+
+
+def suggest_train_config(ws: Workspace, template: str | None = None) -> Any:
+    """A TrainConfig for this machine and workspace: the fitting template, the newest dataset and base model."""
+    from helpers.config import build_config
+    from helpers.training.config import TrainConfig
+
+    if template is None:
+        import torch
+
+        vram = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+        template = suggest_template(vram)
+    overrides: dict[str, Any] = {}
+    datasets = ws.list_datasets()
+    if datasets:
+        overrides["data"] = {"dataset": datasets[0] if "demo" not in datasets or template != "demo_tiny" else "demo"}
+    models = ws.list_models()
+    if models:
+        preferred = [m for m in models if m.endswith(".safetensors")] or models
+        overrides["model"] = {"base_model": preferred[0]}
+    return build_config(TrainConfig, template, overrides=overrides)
+
+
+def new_run_name(ws: Workspace, prefix: str = "run") -> str:
+    """``prefix-YYYYmmdd-HHMM`` (plus a counter when taken): a fresh run folder name."""
+    stamp = time.strftime("%Y%m%d-%H%M")
+    name, n = f"{prefix}-{stamp}", 2
+    while (ws.runs / name).exists():
+        name, n = f"{prefix}-{stamp}-{n}", n + 1
+    return name
