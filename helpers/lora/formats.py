@@ -254,7 +254,7 @@ def kohya_metadata(arch: str, prediction: str, dim: int | str, alpha: float | st
         "ss_network_dim": str(dim),
         "ss_network_alpha": str(alpha),
         "ss_network_args": json.dumps(network_args),
-        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": MODELSPEC_ARCH[arch] + "/lora",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.title": title,
@@ -285,9 +285,6 @@ def write_lora(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metada
         raise
     return path
 
-
-def lora_tensors_size(path: str | os.PathLike) -> int:
-    return Path(path).stat().st_size
 
 
 def describe_lora(lora: LoraFile) -> dict:
