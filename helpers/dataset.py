@@ -606,42 +606,6 @@ def reject_files(checks: list[FileCheck], root: str | os.PathLike, caption_ext: 
     return result
 
 
-# ----------------------------------------------------------------------------------------------- buckets
-
-
-def make_bucket_resolutions(resolution: tuple[int, int] = (1024, 1024), min_reso: int = 256, max_reso: int = 2048,
-                            step: int = 64) -> list[tuple[int, int]]:
-    """Aspect-ratio buckets (width, height) of about ``resolution``'s area, as kohya builds them.
-
-    Source: kohya-ss/sd-scripts ``library/model_util.py::make_bucket_resolutions``: the square side
-    floor(sqrt(area)/step)*step, then for each width from ``min_reso`` to ``max_reso`` in ``step``s the
-    height min(max_reso, floor(area/width/step)*step), both orientations, when the height is >= ``min_reso``.
-    """
-    max_area = resolution[0] * resolution[1]
-    side = int(math.sqrt(max_area) // step) * step
-    buckets = {(side, side)}
-    width = min_reso
-    while width <= max_reso:
-        height = min(max_reso, int(max_area // width // step) * step)
-        if height >= min_reso:
-            buckets.add((width, height))
-            buckets.add((height, width))
-        width += step
-    return sorted(buckets)
-
-
-def select_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
-    """The bucket an image of ``width`` x ``height`` trains in: an exact size match, else the closest aspect.
-
-    Source: kohya-ss/sd-scripts ``library/train_util.py::BucketManager.select_bucket`` (smallest absolute
-    aspect-ratio error).
-    """
-    if (width, height) in buckets:
-        return (width, height)
-    aspect = width / height
-    return min(buckets, key=lambda b: abs(b[0] / b[1] - aspect))
-
-
 # ----------------------------------------------------------------------------------------------- kohya repeat folders
 
 
@@ -706,8 +670,13 @@ def find_repeat_folders(folder: Path) -> list[dict[str, object]]:
 
 
 def dataset_report(check: DatasetCheck, *, resolution: int = 1024, min_bucket: int = 256, max_bucket: int = 2048,
-                   bucket_step: int = 64) -> dict[str, object]:
-    """Counts, formats, sizes, problems, images below ``resolution``, aspect buckets, captions, repeat folders."""
+                   bucket_step: int = 64, no_upscale: bool = False) -> dict[str, object]:
+    """Counts, formats, sizes, problems, images below ``resolution``, aspect buckets, captions, repeat folders.
+
+    Buckets come from the training stage's own functions (``helpers.training.data``), so the report shows the
+    buckets training will use.
+    """
+    from helpers.training.data import make_buckets, select_bucket
     root = check.folder
     rel = lambda p: str(Path(p).relative_to(root))  # noqa: E731
     usable = [f for f in check.images if f.status in ("ok", "fixable") and f.width and f.height]
@@ -721,12 +690,16 @@ def dataset_report(check: DatasetCheck, *, resolution: int = 1024, min_bucket: i
     for f in check.images:
         if f.format:
             formats[f.format] = formats.get(f.format, 0) + 1
-    buckets = make_bucket_resolutions((resolution, resolution), min_bucket, max_bucket, bucket_step)
+    buckets = None if no_upscale else make_buckets(resolution, min_bucket, max_bucket, bucket_step)
     per_bucket: dict[str, int] = {}
+    below = []
     for f in usable:
-        bw, bh = select_bucket(f.width, f.height, buckets)
+        (bw, bh), (rw, rh) = select_bucket(f.width, f.height, buckets, resolution=resolution, step=bucket_step)
         per_bucket[f"{bw}x{bh}"] = per_bucket.get(f"{bw}x{bh}", 0) + 1
-    below = [rel(f.path) for f in usable if f.width * f.height < resolution * resolution]
+        # below resolution = training would upscale it to fill its bucket (the guide upscales those by hand);
+        # without upscaling it trains smaller than the model's resolution instead
+        if rw > f.width or rh > f.height or (buckets is None and bw * bh < 0.9 * resolution * resolution):
+            below.append(rel(f.path))
     folders = find_repeat_folders(root)
     loose = list_images(root, recursive=False)
     warnings_ = []

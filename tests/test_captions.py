@@ -8,8 +8,16 @@ import pytest
 from PIL import Image
 
 from helpers import captions
-from helpers.captions import (CaptionError, caption_from_filename, caption_path, filename_from_caption,
-                              preview_changes, read_caption, undo_changes, write_captions)
+from helpers.captions import (
+    CaptionError,
+    caption_from_filename,
+    caption_path,
+    filename_from_caption,
+    preview_changes,
+    read_caption,
+    undo_changes,
+    write_captions,
+)
 from helpers.dataset import list_images, make_demo_dataset
 
 
