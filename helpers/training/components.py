@@ -117,21 +117,23 @@ def prepare_models(bundle, trained: TrainedModels, *, device: torch.device, weig
     frozen text encoders in ``frozen_dtype`` (the mixed-precision dtype: they only run forward)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    bundle.vae.to(device, vae_dtype).eval()
+    place(bundle.vae, device, vae_dtype).eval()
     bundle.unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
     for name, te in zip(("te1", "te2"), bundle.text_encoders):
-        te.to(device)
-        te.train(name in trained.modules)
-        if name not in trained.modules:
-            te.to(dtype=frozen_dtype)
-    bundle.unet.to(device).train()
+        place(te, device, weight_dtype if name in trained.modules else frozen_dtype).train(name in trained.modules)
+    place(bundle.unet, device, weight_dtype).train()
     for name, module in trained.modules.items():
-        module.to(dtype=weight_dtype)
         if gradient_checkpointing:
             if name == "unet":
                 module.enable_gradient_checkpointing()
             else:
                 module.gradient_checkpointing_enable()
+
+
+def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move a model, casting only when its dtype differs (diffusers warns on every no-op cast)."""
+    current = next(module.parameters()).dtype
+    return module.to(device) if current == dtype else module.to(device, dtype)
 
 
 def encode_pixels(vae, pixels: torch.Tensor, seeds: list[int]) -> torch.Tensor:

@@ -155,7 +155,8 @@ def scan_dataset(root: str | Path, *, caption_extension: str = ".txt", default_r
         raise DataError(f"dataset folder not found: {root}: give a folder of images with .txt captions")
     report = DatasetReport()
     folders: list[tuple[Path, int, str]] = [(root, default_repeats, "")]
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    # "_rejected" (dataset check) and hidden folders (backups, caches) are never training data
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
         match = REPEATS_RE.match(sub.name)
         if match and int(match.group(1)) >= 1:
             folders.append((sub, int(match.group(1)), match.group(2)))
@@ -511,7 +512,7 @@ def fill_latent_cache(dataset: TrainingImages, store: LatentStore, encode: Calla
     for key, path, resized, bucket, left, top, flipped in tqdm(todo, desc="caching latents", unit="img",
                                                                disable=not show_progress or not todo):
         pixels = load_pixels(path, resized, bucket, left, top, flipped)[None]
-        store.put(key, encode(pixels, seed_for(int(key.split("_")[0], 16)))[0])
+        store.put(key, encode(pixels, int(hashlib.sha256(key.encode()).hexdigest()[:15], 16))[0])
     return len(todo)
 
 
