@@ -122,6 +122,10 @@ def unet_module_to_original(path: str, arch: Arch) -> str:
         if parts[0] == "down_blocks":
             (_, i, kind, j), rest = _split_at(path, 4)
             i, j = int(i), int(j)
+            levels = len(topo.down_attention)
+            valid = i < levels and (j < topo.layers_per_block if kind != "downsamplers" else i < levels - 1)
+            if not valid or (kind == "attentions" and not topo.down_attention[i]):
+                raise UnknownKeyError(f"not a diffusers U-Net name for {arch}: {path!r}")
             if kind == "resnets":
                 return _join(f"input_blocks.{per * i + j + 1}.0", _resnet_inner_to_original(rest, path))
             if kind == "attentions":
@@ -134,6 +138,10 @@ def unet_module_to_original(path: str, arch: Arch) -> str:
         elif parts[0] == "up_blocks":
             (_, i, kind, j), rest = _split_at(path, 4)
             i, j = int(i), int(j)
+            levels = len(topo.up_attention)
+            valid = i < levels and (j < per if kind != "upsamplers" else i < levels - 1)
+            if not valid or (kind == "attentions" and not topo.up_attention[i]):
+                raise UnknownKeyError(f"not a diffusers U-Net name for {arch}: {path!r}")
             if kind == "resnets":
                 return _join(f"output_blocks.{per * i + j}.0", _resnet_inner_to_original(rest, path))
             if kind == "attentions":
