@@ -178,21 +178,30 @@ def load_tokenizers(ck: Checkpoint, tokenizers_from: str | os.PathLike | None = 
     from transformers import CLIPTokenizer
 
     subfolders = ["tokenizer", "tokenizer_2"][: 2 if ck.arch == "sdxl" else 1]
+    vocab = ck.shape("te1", "text_model.embeddings.token_embedding.weight")[0]
     for root in ([ck.path] if ck.layout == "diffusers" else []) + ([Path(tokenizers_from)] if tokenizers_from and
                                                                   Path(tokenizers_from).exists() else []):
         if all((root / s).is_dir() for s in subfolders):
-            return [CLIPTokenizer.from_pretrained(str(root / s)) for s in subfolders]
-    vocab = ck.shape("te1", "text_model.embeddings.token_embedding.weight")[0]
+            tokenizers = [CLIPTokenizer.from_pretrained(str(root / s)) for s in subfolders]
+            sizes = [len(t) for t in tokenizers]
+            if any(n != vocab for n in sizes):
+                raise CheckpointError(f"{root}: tokenizer vocabulary sizes {sizes} do not match the text encoder's "
+                                      f"{vocab} tokens: the tokenizer files are missing or from another model")
+            return tokenizers
     if vocab == TINY_VOCAB:
         return _tiny_tokenizers(len(subfolders))
     repo, subs = (str(tokenizers_from), subfolders) if tokenizers_from else TOKENIZER_REPOS[ck.arch]
     try:
-        return [CLIPTokenizer.from_pretrained(repo, subfolder=s) for s in subs]
+        tokenizers = [CLIPTokenizer.from_pretrained(repo, subfolder=s) for s in subs]
+        problem = "" if all(len(t) == vocab for t in tokenizers) else "vocabulary missing or of the wrong size"
     except Exception as exc:
+        problem = type(exc).__name__
+    if problem:  # transformers 5 returns an empty 2-token tokenizer when offline instead of raising
         raise CheckpointError(
             f"the CLIP tokenizer is not stored in single-file checkpoints; fetching it from {repo!r} failed "
-            f"({type(exc).__name__}). Connect to the internet once (it is cached afterwards), or pass "
-            "tokenizers_from=<a diffusers folder of the same family>") from None
+            f"({problem}). Connect to the internet once (it is cached afterwards), or pass "
+            "tokenizers_from=<a diffusers folder of the same family>")
+    return tokenizers
 
 
 def load_noise_scheduler(ck: Checkpoint, prediction: str):
