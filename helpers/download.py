@@ -40,6 +40,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -491,15 +492,19 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, max_
                 for rel, _, opener in plan:
                     out = staging / rel
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    with opener() as src, open(out, "wb") as fh:
-                        while chunk := src.read(CHUNK):
-                            written += len(chunk)
-                            if written > max_total_bytes:
-                                raise UnsafeArchiveError(
-                                    f"{archive}: unpacks to more than {max_total_bytes / 1e9:.1f} GB although its "
-                                    "headers say less (a zip bomb?); refusing it, nothing was kept")
-                            fh.write(chunk)
-                            bar.update(len(chunk))
+                    try:
+                        with opener() as src, open(out, "wb") as fh:
+                            while chunk := src.read(CHUNK):
+                                written += len(chunk)
+                                if written > max_total_bytes:
+                                    raise UnsafeArchiveError(
+                                        f"{archive}: unpacks to more than {max_total_bytes / 1e9:.1f} GB although "
+                                        "its headers say less (a zip bomb?); refusing it, nothing was kept")
+                                fh.write(chunk)
+                                bar.update(len(chunk))
+                    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+                        raise DownloadError(f"{archive}: damaged archive at {rel} ({exc}); download it again. "
+                                            "Nothing was unpacked") from None
             result.total_bytes = written
             conflicts = []
             for rel, _, _ in plan:
@@ -789,6 +794,7 @@ def download_dataset(source: str, dest: str | os.PathLike, *, repo_type: str | N
         return out
     # a URL (or civitai link): an archive to unpack, or a single image
     downloads = Path(cache_dir) if cache_dir else dest.parent / ".downloads"
+    downloads.mkdir(parents=True, exist_ok=True)  # a folder: the server names the file
     headers, hint = _auth_headers(src)
     got = download_url(src.value, downloads, sha256=sha256, headers=headers, auth_hint=hint, progress=progress)
     if is_archive_name(got.name) or zipfile.is_zipfile(got) or tarfile.is_tarfile(got):
@@ -830,13 +836,6 @@ def _auth_headers(src: Source) -> tuple[dict[str, str], str]:
 
 
 # ----------------------------------------------------------------------------------------------- base models
-
-DIFFUSERS_INCLUDE = ["model_index.json", "*/config.json", "*/*.json", "*/*.txt", "*/*.model",
-                     "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors",
-                     "text_encoder_2/*.safetensors"]
-DIFFUSERS_EXCLUDE = ["*.bin", "*.ckpt", "*.onnx", "*.onnx_data", "*.msgpack", "*.h5", "*.pb", "*fp16*",
-                     "*.fp16.*", "*/flax_model*", "*/openvino*"]
-
 
 def recognise_model(path: Path, allow_pickle: bool = False) -> dict[str, object]:
     """{"architecture": sdxl|sd15, "prediction": epsilon|v_prediction, "layout", "components"} read from the
@@ -881,8 +880,10 @@ def download_model(source: str, models_dir: str | os.PathLike, name: str, *, rev
                                  _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if src.kind == "hub" or (src.kind == "folder" and (Path(src.value) / "model_index.json").exists()):
         if src.kind == "hub":
+            from helpers.models.loader import HUB_ALLOW, HUB_IGNORE  # the files the model loader reads
+
             download_from_hub(src.value, folder, repo_type="model", revision=revision or src.revision,
-                              include=include or DIFFUSERS_INCLUDE, exclude=exclude or DIFFUSERS_EXCLUDE,
+                              include=include or HUB_ALLOW, exclude=exclude or HUB_IGNORE,
                               cache_dir=cache_dir, endpoint=endpoint)
         else:
             copy_folder(Path(src.value), folder, progress=progress)
