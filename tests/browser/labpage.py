@@ -1,0 +1,172 @@
+"""A JupyterLab tab driven like a person: open a notebook, use the menus, type into widgets, look at what shows.
+
+Reads the page the way a person would (text on screen, widget placeholders, error boxes) and asks the
+JupyterLab app object (``window.jupyterapp``, exposed by the test server) only to know when the kernel is
+busy, which a person sees from the kernel indicator.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from pathlib import Path
+
+# What a broken widget looks like on screen (ipywidgets 8 / jupyterlab_widgets 3).
+WIDGET_FAILURES = ("Error displaying widget", "model not found", "Failed to load model class",
+                   "Could not create a view", "Error rendering output item")
+WIDGET_LOADING = ("Loading widget...", "Loading widget…")
+TRACEBACK_RE = re.compile(r"Traceback \(most recent call last\)|^\w+(Error|Exception)\b.*Traceback", re.M)
+# Console noise that is not ours and not a user-visible failure, each with why.
+CONSOLE_IGNORED = (
+    # The favicon of a busy kernel is requested before it exists on some versions; cosmetic.
+    "favicon",
+)
+
+_STATE_JS = """() => {
+  const app = window.jupyterapp;
+  const w = app && app.shell && app.shell.currentWidget;
+  if (!w || !w.sessionContext || !w.content || !w.content.widgets) return null;
+  const s = w.sessionContext;
+  const kernel = s.session && s.session.kernel;
+  const cells = w.content.widgets.filter(c => c.model.type === 'code');
+  return {
+    ready: s.isReady, kernel: kernel ? kernel.status : null, kernelName: kernel ? kernel.name : null,
+    dirty: w.context.model.dirty,
+    counts: cells.map(c => c.model.executionCount),
+    prompts: cells.map(c => (c.node.querySelector('.jp-InputPrompt') || {}).textContent || ''),
+  };
+}"""
+
+
+class LabPage:
+    """One browser tab on the test JupyterLab."""
+
+    def __init__(self, page, lab):
+        self.page, self.lab = page, lab
+        self.console_errors: list[str] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda exc: self.console_errors.append(f"uncaught: {exc}"))
+        page.set_default_timeout(30_000)
+        self.workspace = f"t{uuid.uuid4().hex[:8]}"  # a fresh Lab workspace: no tabs restored from earlier tests
+
+    def _on_console(self, msg) -> None:
+        if msg.type == "error" and not any(s in msg.text for s in CONSOLE_IGNORED):
+            self.console_errors.append(msg.text)
+
+    # ---- navigation -----------------------------------------------------------------------------------
+    def open(self, name: str) -> None:
+        """Open notebooks/<name> and wait until its kernel is up (a 'select kernel' dialog is a failure)."""
+        self.name = name
+        self.page.goto(f"{self.lab.url}/lab/workspaces/{self.workspace}/tree/notebooks/{name}?token={self.lab.token}")
+        self.wait_for_kernel()
+
+    def reload(self) -> None:
+        self.page.reload()
+        self.wait_for_kernel()
+
+    def state(self) -> dict | None:
+        return self.page.evaluate(_STATE_JS)
+
+    def wait_for_kernel(self, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dialog = self.page.locator(".jp-Dialog")
+            if dialog.count():
+                raise AssertionError(f"a dialog blocks the notebook: {dialog.first.inner_text()[:500]}")
+            st = self.state()
+            if st and st["ready"] and st["kernel"] == "idle":
+                assert st["kernelName"] == "tunebook", f"notebook opened with kernel {st['kernelName']!r}"
+                return st
+            time.sleep(0.25)
+        raise AssertionError(f"kernel not ready after {timeout:.0f} s (state {self.state()}); server log:\n"
+                             f"{self.lab.log_tail()}")
+
+    # ---- running ------------------------------------------------------------------------------------------
+    def menu(self, top: str, item: str) -> None:
+        """Click a menu bar entry, then an item in it (as a person does)."""
+        self.page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(rf"^{re.escape(top)}$")).click()
+        self.page.locator(".lm-Menu-itemLabel", has_text=re.compile(rf"^{re.escape(item)}$")).first.click()
+
+    def run_all(self, timeout: float = 300) -> dict:
+        self.menu("Run", "Run All Cells")
+        return self.wait_idle(timeout)
+
+    def wait_idle(self, timeout: float = 300, settle: float = 1.0) -> dict:
+        """Wait until no cell is queued or running and the kernel has stayed idle for ``settle`` seconds."""
+        deadline, idle_since = time.monotonic() + timeout, None
+        time.sleep(0.3)  # let the click reach the kernel
+        while time.monotonic() < deadline:
+            st = self.state()
+            busy = st is None or st["kernel"] != "idle" or any("*" in p for p in st["prompts"])
+            if busy:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= settle:
+                return st
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name}: still running after {timeout:.0f} s: {self.state()}")
+
+    def cell(self, index: int):
+        """The index-th code cell (0-based, code cells only)."""
+        return self.page.locator(".jp-Notebook .jp-CodeCell").nth(index)
+
+    def run_cell(self, index: int, timeout: float = 300) -> dict:
+        """Select a code cell by clicking its prompt, then Shift+Enter."""
+        cell = self.cell(index)
+        cell.scroll_into_view_if_needed()
+        cell.locator(".jp-InputPrompt").click()
+        self.page.keyboard.press("Shift+Enter")
+        return self.wait_idle(timeout)
+
+    def outputs_text(self, index: int | None = None) -> str:
+        scope = self.cell(index) if index is not None else self.page.locator(".jp-Notebook")
+        return "\n".join(scope.locator(".jp-OutputArea-output").all_text_contents())
+
+    # ---- looking ------------------------------------------------------------------------------------------
+    def scroll_through(self) -> None:
+        """Scroll every cell into view once: widgets render when seen, as for a person reading down."""
+        cells = self.page.locator(".jp-Notebook .jp-Cell")
+        for i in range(cells.count()):
+            cells.nth(i).scroll_into_view_if_needed()
+            self.page.wait_for_timeout(100)
+
+    def widget_problems(self, wait: float = 20) -> list[str]:
+        """Widget failures on screen, and widgets still 'Loading…' after ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            text = "\n".join(self.page.locator(".jp-Notebook .jp-OutputArea-output").all_text_contents())
+            failures = [s for s in WIDGET_FAILURES if s in text]
+            loading = [s for s in WIDGET_LOADING if s in text]
+            if failures or not loading or time.monotonic() > deadline:
+                return failures + [f"stuck on {s!r}" for s in loading]
+            time.sleep(0.5)
+
+    def widget_count(self) -> int:
+        return self.page.locator(".jp-Notebook .jupyter-widgets.widget-container, "
+                                 ".jp-Notebook .jp-OutputArea-output .jupyter-widgets").count()
+
+    def tracebacks(self) -> list[str]:
+        found = []
+        for i in range(self.page.locator(".jp-Notebook .jp-CodeCell").count()):
+            for text in self.cell(i).locator(".jp-OutputArea-output").all_text_contents():
+                if "Traceback (most recent call last)" in text or re.search(r"^-{20,}\s*$\s*\w+(Error|Exception)", text, re.M):
+                    found.append(f"code cell {i}: {text[-1500:]}")
+        return found
+
+    def screenshot(self, path: Path, full: bool = True) -> Path:
+        """A picture of the notebook; ``full`` grows the window to the notebook's height first."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = self.page.viewport_size
+        if full:
+            height = self.page.evaluate("""() => {
+              const s = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer')
+                     || document.querySelector('.jp-NotebookPanel-notebook');
+              return s ? s.scrollHeight : 0; }""")
+            self.page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(height + 200, 9000))})
+            self.page.wait_for_timeout(500)
+        self.page.screenshot(path=str(path))
+        if full:
+            self.page.set_viewport_size(size)
+        return path
