@@ -119,13 +119,15 @@ def _bytes_of(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def _optimizer_bytes(state: dict) -> int:
-    total = 0
-    for per_param in state.get("state", {}).values():
-        for value in per_param.values():
-            if torch.is_tensor(value):
-                total += value.numel() * value.element_size()
-    return total
+def _optimizer_bytes(state) -> int:
+    """Bytes of every tensor in a (possibly nested, e.g. bitsandbytes) optimizer state dict."""
+    if torch.is_tensor(state):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_optimizer_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_optimizer_bytes(v) for v in state)
+    return 0
 
 
 def _check_space(folder: Path, needed: int, what: str) -> None:

@@ -41,30 +41,8 @@ def load_base_model(source: str, *, arch: str | None, prediction: str | None, al
     """A ``ModelBundle`` (arch, prediction, unet, vae, text_encoders, tokenizers, noise_scheduler) in fp32 on CPU."""
     from helpers import models
 
-    if not hasattr(models, "load_model"):  # TEMPORARY until helpers.models.load_model lands (engineer A)
-        return _load_diffusers_folder(source, arch, prediction)
     return models.load_model(source, arch=arch, prediction=prediction, dtype=torch.float32, device="cpu",
                              allow_pickle=allow_pickle)
-
-
-def _load_diffusers_folder(source: str, arch: str | None, prediction: str | None):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
-
-    root = Path(source)
-    is_xl = (root / "text_encoder_2").exists()
-    sched = DDPMScheduler.from_pretrained(root / "scheduler")
-    tes = [CLIPTextModel.from_pretrained(root / "text_encoder")]
-    toks = [AutoTokenizer.from_pretrained(root / "tokenizer")]
-    if is_xl:
-        tes.append(CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2"))
-        toks.append(AutoTokenizer.from_pretrained(root / "tokenizer_2"))
-    pred = prediction or sched.config.prediction_type
-    sched = DDPMScheduler.from_config(sched.config, prediction_type=pred, clip_sample=False)
-    return types.SimpleNamespace(arch=arch or ("sdxl" if is_xl else "sd15"), prediction=pred,
-                                 unet=UNet2DConditionModel.from_pretrained(root / "unet"),
-                                 vae=AutoencoderKL.from_pretrained(root / "vae"), text_encoders=tes,
-                                 tokenizers=toks, noise_scheduler=sched, source=source)
 
 
 @dataclass
@@ -150,7 +128,7 @@ def encode_pixels(vae, pixels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
 
 def save_model_file(path: Path, bundle, *, precision: str, metadata: dict[str, str]) -> Path:
     """The whole model (trained and frozen parts) as one original-layout safetensors file."""
-    from helpers.models.export import save_single_file
+    from helpers.models import save_single_file
 
     return save_single_file(bundle.unet, bundle.vae, bundle.text_encoders, path, arch=bundle.arch,
                             precision=precision, metadata=metadata, prediction=bundle.prediction)
