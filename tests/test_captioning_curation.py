@@ -75,6 +75,9 @@ def test_render_formats_and_record_roundtrip():
     assert S.render_caption(r, "caption, tags") == "The image shows a girl., 1girl, miku, smile"
     assert S.render_caption(r, "tags, caption", keep_separator=True) == "1girl, miku ||| smile, The image shows a girl."
     assert S.render_caption(rec(["a"]), "caption") == "a"  # missing kind: what exists is used
+    both = rec(["sks", "1girl", "smile"], "a sks woman smiling", keep=1)  # trigger added to both kinds
+    assert S.render_caption(both, "caption, tags", keep_separator=True) == "a sks woman smiling, 1girl, smile"
+    assert S.render_caption(both, "tags") == "sks, 1girl, smile"
     back = S.parse_record(r.to_json(), "x")
     assert back.tags == r.tags and back.captions == r.captions and back.keep == 2
     with pytest.raises(CaptionError, match="x: field 'tags' should be list"):
@@ -151,9 +154,9 @@ def test_caption_editor_and_tag_table_widgets_save_and_undo(tmp_path):
     _, key, _, caption_box, tag_box = cells[images[1]]
     assert key == "original" and caption_box.value == "a red square"
     caption_box.value = "a deep red square"
-    tag_box.value = "red theme, square"
+    tag_box.value = "red theme, solid"
     editor.save_page()
-    assert read_caption(images[1]) == "a deep red square, red theme, square"
+    assert read_caption(images[1]) == "a deep red square, red theme, solid"
     assert "saved 1 image" in editor.status.value
     editor.undo()
     assert read_caption(images[1]) == "a red square"

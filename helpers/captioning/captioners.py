@@ -242,7 +242,7 @@ def generate_captions(captioner: Captioner, images: list[Image.Image], cfg: Capt
     if captioner.family == "florence2":
         texts = proc.batch_decode(out, skip_special_tokens=False)
         texts = [proc.post_process_generation(t, task=cfg.florence_task, image_size=im.size)[cfg.florence_task]
-                 for t, im in zip(texts, images)]
+                 for t, im in zip(texts, images, strict=True)]
     elif captioner.family == "blip":
         texts = proc.batch_decode(out, skip_special_tokens=True)
     else:
@@ -309,7 +309,7 @@ def caption_dataset(folder: str | os.PathLike, cfg: CaptionerConfig, cache_dir: 
                 except Exception as exc:  # unreadable image: report it and go on with the others
                     problems[path] = f"unreadable image ({type(exc).__name__}: {exc})"
             if batch:
-                for path, text in zip(batch, generate_captions(captioner, pictures, cfg)):
+                for path, text in zip(batch, generate_captions(captioner, pictures, cfg), strict=True):
                     record = records[path].copy()
                     record.set_caption(source, text)
                     record.sources[f"caption:{source}"] = captioner.name

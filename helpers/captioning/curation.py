@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from helpers.captioning.sidecar import CaptionRecord
+from helpers.captioning.sidecar import CaptionRecord, contains_phrase
 from helpers.captioning.tags import dedupe_tags, remove_tags, replace_tags, sort_tags, split_tags, tag_key
 from helpers.config import option
 
@@ -58,17 +58,13 @@ def parse_replacements(lines: list[str]) -> dict[str, str]:
     return mapping
 
 
-def contains_word(text: str, word: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE) is not None
-
-
 def insert_trigger_in_caption(text: str, trigger: str, position: TriggerPosition = "front",
                               class_word: str = "") -> str:
     """``text`` with ``trigger`` at the front, before the first ``class_word``, or replacing it.
 
     Already present: unchanged. No class word found: the trigger goes to the front.
     """
-    if not trigger or contains_word(text, trigger):
+    if not trigger or contains_phrase(text, trigger):
         return text
     if position != "front" and class_word:
         pattern = re.compile(rf"(?<!\w){re.escape(class_word)}(?!\w)", flags=re.IGNORECASE)

@@ -198,7 +198,7 @@ class TagTable(_Panel):
         self.rows.children = self.boxes or [w.HTML("no tags yet: run the tagger or booru captions first")]
 
     def ticked(self) -> list[str]:
-        return [tag for tag, box in zip(self.tags, self.boxes) if box.value]
+        return [tag for tag, box in zip(self.tags, self.boxes, strict=True) if box.value]
 
     def planned(self, action: str) -> dict[Path, CaptionRecord]:
         records, _ = self.load()

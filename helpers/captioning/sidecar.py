@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -175,13 +176,22 @@ class RenderConfig:
 
 def render_caption(record: CaptionRecord, fmt: RenderFormat = "caption, tags", caption_source: str = "latest",
                    separator: str = ", ", keep_separator: bool = False) -> str:
-    """The ``.txt`` text for ``record``; when the chosen kinds are missing, whatever exists is used."""
+    """The ``.txt`` text for ``record``; when the chosen kinds are missing, whatever exists is used.
+
+    In the combined formats a tag the caption already says word for word (a trigger word added to both) is
+    written once, in the caption.
+    """
     caption = record.caption(caption_source) or ""
-    if keep_separator and 0 < record.keep < len(record.tags):
-        tags = (join_tags(record.tags[:record.keep], separator) + f" {KEEP_SEPARATOR} "
-                + join_tags(record.tags[record.keep:], separator))
+    tag_list, keep = list(record.tags), record.keep
+    if caption and fmt in ("caption, tags", "tags, caption"):
+        said = [contains_phrase(caption, t) for t in tag_list]
+        keep -= sum(said[:keep])
+        tag_list = [t for t, s in zip(tag_list, said, strict=True) if not s]
+    if keep_separator and 0 < keep < len(tag_list):
+        tags = (join_tags(tag_list[:keep], separator) + f" {KEEP_SEPARATOR} "
+                + join_tags(tag_list[keep:], separator))
     else:
-        tags = join_tags(record.tags, separator)
+        tags = join_tags(tag_list, separator)
     parts = {"tags": [tags], "caption": [caption], "caption, tags": [caption, tags],
              "tags, caption": [tags, caption]}.get(fmt)
     if parts is None:
@@ -189,6 +199,12 @@ def render_caption(record: CaptionRecord, fmt: RenderFormat = "caption, tags", c
                          "'tags, caption'")
     text = separator.join(p for p in parts if p)
     return text or separator.join(p for p in (caption, tags) if p)
+
+
+def contains_phrase(text: str, phrase: str) -> bool:
+    """Whether ``phrase`` occurs in ``text`` as whole words (case-insensitive)."""
+    phrase = phrase.strip()
+    return bool(phrase) and re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, re.IGNORECASE) is not None
 
 
 def sha256_text(text: str) -> str:

@@ -367,7 +367,7 @@ def iter_tag_images(tagger: Tagger, images: Sequence[Path], cfg: TaggerConfig,
             if not chunk:
                 continue
             probs = predict_batch(tagger, arrays)
-            for path, row in zip(chunk, probs):
+            for path, row in zip(chunk, probs, strict=True):
                 pred = select_tags(row, tagger.table, cfg.general_threshold, cfg.character_threshold,
                                    cfg.general_mcut, cfg.character_mcut)
                 tags = prediction_tags(pred, character_first=cfg.character_first, rating_tag=cfg.rating_tag,
