@@ -77,7 +77,7 @@ SOLVERS = ("gram", "randomized", "exact")
 
 
 def truncated_svd(a: torch.Tensor, rank: int, solver: str = "gram", oversample: int = 16,
-                  power_iters: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  power_iters: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``U, S, Vh`` (top ``rank``) and the singular values known beyond them, by the named solver.
 
     "gram": :func:`gram_svd` (default; exact kept energy, full spectrum). "randomized": :func:`randomized_svd`
