@@ -1,0 +1,69 @@
+"""``python -m helpers.captioning`` commands and the demo hook, on the tiny tagger and the demo dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from helpers.captioning import run_demo
+from helpers.captioning.__main__ import main
+from helpers.captioning.sidecar import load_record
+from helpers.captions import caption_path, read_caption
+from helpers.dataset import list_images
+
+
+def test_run_demo_tags_the_demo_dataset_and_keeps_filename_captions(workspace):
+    out = run_demo(workspace)
+    folder = workspace.dataset("demo")
+    images = list_images(folder)
+    assert images and (workspace.models / "tiny-tagger" / "model.onnx").is_file()
+    for image in images:
+        record = load_record(image)
+        assert record.tags and record.sources["tags"] == "tunebook/tiny-tagger"
+        original = record.captions["original"]  # the filename caption, kept apart from the tags
+        assert read_caption(image).startswith(original + ", ")
+    assert "12 tagged" in out["tagged images (.captions.json + .txt)"]
+    again = run_demo(workspace)  # a second run changes nothing
+    assert "0 tagged, 12 skipped" in again["tagged images (.captions.json + .txt)"]
+
+
+def test_cli_tag_curate_render_tags_undo(workspace, capsys):
+    run_demo(workspace)
+    folder = workspace.dataset("demo")
+    image = list_images(folder)[0]
+    before = read_caption(image)
+    tagger = str(workspace.models / "tiny-tagger")
+    assert main(["--workspace", str(workspace.root), "--json", "tag", str(folder), "--model", tagger, "--force",
+                 "--rating-tag", "last", "--render", "tags"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tagged"] == 12 and report["problems"] == 0 and len(report["undo"]) == 2
+    assert read_caption(image).endswith(", general") and not read_caption(image).startswith(before)
+    assert main(["--workspace", str(workspace.root), "curate", str(folder), "--trigger", "zkx", "--dry-run"]) == 0
+    assert "zkx" in capsys.readouterr().out and "zkx" not in read_caption(image)
+    assert main(["--workspace", str(workspace.root), "--json", "curate", str(folder), "--remove", "general",
+                 "--trigger", "zkx", "--render", "tags"]) == 0
+    edit = json.loads(capsys.readouterr().out)
+    assert read_caption(image).startswith("zkx, ") and "general" not in read_caption(image)
+    assert main(["tags", str(folder), "--top", "3", "--chart", str(workspace.cache / "tags.png")]) == 0
+    assert "    12  zkx" in capsys.readouterr().out and (workspace.cache / "tags.png").is_file()
+    assert main(["undo", *edit["undo"]]) == 0
+    assert read_caption(image).endswith(", general")
+    assert main(["render", str(folder), "--render", "caption, tags"]) == 0
+    assert read_caption(image).startswith(before.split(",")[0])
+
+
+def test_cli_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    assert main(["tag", str(tmp_path / "missing")]) == 2
+    assert "no such dataset folder" in capsys.readouterr().err
+    (tmp_path / "ds").mkdir()
+    assert main(["--workspace", str(tmp_path / "ws"), "tag", str(tmp_path / "ds"), "--model", "nonsense"]) == 2
+    assert "unknown tagger 'nonsense'" in capsys.readouterr().err
+    assert main(["curate", str(tmp_path / "ds"), "--replace", "no arrow"]) == 2
+    assert "old tag -> new tag" in capsys.readouterr().err
+
+
+def test_cli_help_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "helpers.captioning", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "tag" in done.stdout and "booru" in done.stdout
+    assert not caption_path(__file__).exists()
