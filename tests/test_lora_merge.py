@@ -130,3 +130,19 @@ def test_wrong_architecture_lora_and_truncated_and_pickle(pair, tiny_sd15_dir, t
     torch.save({"a": torch.zeros(1)}, pt)
     with pytest.raises(LoraFileError, match="pickle"):
         read_lora(pt)
+
+
+def test_written_hashes_equal_sd_scripts_recipe(tmp_path):
+    """sshs_* computed from disk equal the in-memory recipe (serialise with ss_* metadata only, hash)."""
+    from helpers.lora.formats import addnet_hashes
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"lora_unet_l{i}.lora_down.weight": torch.randn(8, 300, generator=g).half() for i in range(300)}
+    meta = {"ss_network_dim": "8", "modelspec.title": "x"}
+    path = write_lora(tmp_path / "h.safetensors", tensors, meta)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        written, back = f.metadata(), f.get_tensor("lora_unet_l7.lora_down.weight")
+    assert (written["sshs_model_hash"], written["sshs_legacy_hash"]) == addnet_hashes(tensors, meta)
+    assert written["modelspec.title"] == "x" and torch.equal(back, tensors["lora_unet_l7.lora_down.weight"])

@@ -228,6 +228,19 @@ def read_lora(path: str | os.PathLike, allow_pickle: bool = False) -> LoraFile:
 
 
 # ---------------------------------------------------------------- writing
+def _file_hashes(path: Path) -> tuple[str, str]:
+    """sha256 of the data after the header, and the legacy hash (8 hex of sha256 of 64 KiB at 1 MiB)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        f.seek(8 + n)
+        model = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            model.update(chunk)
+        f.seek(0x100000)
+        legacy = hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+    return model.hexdigest(), legacy
+
+
 def addnet_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
     """(sshs_model_hash, sshs_legacy_hash) as sd-scripts' ``train_util.precalculate_safetensors_hashes``.
 
@@ -267,24 +280,39 @@ def kohya_metadata(arch: str, prediction: str, dim: int | str, alpha: float | st
 
 
 def write_lora(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write a safetensors LoRA atomically (temp file + rename), adding the ``sshs_*`` hashes."""
+    """Write a safetensors LoRA atomically, adding the ``sshs_*`` hashes (same values as :func:`addnet_hashes`).
+
+    The file is first written with only the ``ss_*`` metadata (the bytes sd-scripts hashes), hashed from disk,
+    then its data section is copied behind the full header: no second in-memory copy of a 1 GB LoRA.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     metadata = dict(metadata)
-    metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = addnet_hashes(tensors, metadata)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, first = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".ss.tmp", dir=path.parent)
+    os.close(fd)
+    fd, final = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        save_file(tensors, first, metadata={k: v for k, v in metadata.items() if k.startswith("ss_")})
+        metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = _file_hashes(Path(first))
+        with open(first, "rb") as src, open(final, "wb") as dst:
+            n = int.from_bytes(src.read(8), "little")
+            header = json.loads(src.read(n))
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+            blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+            blob += b" " * (-len(blob) % 8)  # tensor data stays 8-byte aligned
+            dst.write(len(blob).to_bytes(8, "little"))
+            dst.write(blob)
+            for chunk in iter(lambda: src.read(1 << 24), b""):
+                dst.write(chunk)
+        os.replace(final, path)
+    finally:
+        Path(first).unlink(missing_ok=True)
+        Path(final).unlink(missing_ok=True)
     return path
-
 
 
 def describe_lora(lora: LoraFile) -> dict:
