@@ -26,12 +26,13 @@ def _pipeline_state(folder, arch):
 
 
 def _assert_bundle_matches(bundle, pipe, tes):
-    for ours, theirs in [(bundle.unet, pipe.unet), (bundle.vae, pipe.vae)] + list(zip(bundle.text_encoders, tes)):
+    for ours, theirs in [(bundle.unet, pipe.unet), (bundle.vae, pipe.vae)] + list(zip(bundle.text_encoders, tes, strict=True)):
         a, b = ours.state_dict(), theirs.state_dict()
         assert set(a) == set(b)
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert not any(p.is_meta for p in ours.parameters())
-    for tok, ref in zip(bundle.tokenizers, [pipe.tokenizer, getattr(pipe, "tokenizer_2", None)]):
+    references = [pipe.tokenizer] + ([pipe.tokenizer_2] if getattr(pipe, "tokenizer_2", None) else [])
+    for tok, ref in zip(bundle.tokenizers, references, strict=True):
         ids = tok("a photo of a cat, best quality", padding="max_length", max_length=77).input_ids
         assert ids == ref("a photo of a cat, best quality", padding="max_length", max_length=77).input_ids
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -135,7 +136,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict[str
         raise bad
     metadata = header.pop("__metadata__", None) or {}
     end = 0
-    for name, entry in header.items():
+    for entry in header.values():
         if not isinstance(entry, dict) or "data_offsets" not in entry or "shape" not in entry:
             raise bad
         end = max(end, entry["data_offsets"][1])
@@ -245,7 +246,7 @@ class Checkpoint:
         parts = ", ".join(f"{c}: {len(self._refs[c])}" for c in self.components())
         return f"Checkpoint({str(self.path)!r}, {self.arch}, {self.prediction}, {self.layout}, {parts})"
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -341,7 +342,7 @@ def _refs_from_original(keys: list[str], arch: Arch, source: int) -> tuple[dict[
             unknown.append(key)
             continue
         if len(names) == 3:  # TE2 in_proj holds q, k, v stacked
-            for name, part in zip(names, "qkv"):
+            for name, part in zip(names, "qkv", strict=True):
                 refs[component][name] = _Ref(source, key, part)
         elif component == "te2" and names[0] == "text_projection.weight":
             refs[component][names[0]] = _Ref(source, key, "transpose")
@@ -446,3 +447,19 @@ def open_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> C
     if path.suffix not in (".safetensors", ".sft") + PICKLE_SUFFIXES:
         raise CheckpointError(f"{path}: unsupported model file type {path.suffix!r}; expected .safetensors")
     return _open_single_file(path, allow_pickle)
+
+
+def summarize_checkpoint(ck: Checkpoint) -> dict[str, Any]:
+    """What a person wants to know about a model file, from headers only (no tensor data read)."""
+    import math
+
+    size = sum(f.stat().st_size for f in ([ck.path] if ck.path.is_file() else ck.path.rglob("*")) if f.is_file())
+    components = {}
+    for c in ck.components():
+        names = ck.keys(c)
+        dtypes = sorted({str(ck.dtype(c, n)).replace("torch.", "") for n in names})
+        components[c] = {"tensors": len(names), "parameters": sum(math.prod(ck.shape(c, n)) for n in names),
+                         "dtypes": dtypes}
+    return {"path": str(ck.path), "arch": ck.arch, "prediction": ck.prediction, "layout": ck.layout,
+            "size_bytes": size, "components": components, "unknown_keys": len(ck.unknown_keys),
+            "title": ck.metadata.get("modelspec.title", "")}

@@ -19,8 +19,9 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -273,7 +274,7 @@ def save_diffusers(unet: Any, vae: Any, text_encoders: list[Any], tokenizers: li
         _write_component(tmp / "vae", vae, dtype, "diffusion_pytorch_model.safetensors")
         te_dirs = ["text_encoder", "text_encoder_2"][:n_te]
         tok_dirs = ["tokenizer", "tokenizer_2"][:n_te]
-        for te, tok, te_dir, tok_dir in zip(text_encoders, tokenizers, te_dirs, tok_dirs):
+        for te, tok, te_dir, tok_dir in zip(text_encoders, tokenizers, te_dirs, tok_dirs, strict=True):
             _write_component(tmp / te_dir, te, dtype, "model.safetensors")
             tok.save_pretrained(str(tmp / tok_dir))
         EulerDiscreteScheduler(**{k: v for k, v in standard_scheduler_config(prediction).items()
@@ -282,7 +283,7 @@ def save_diffusers(unet: Any, vae: Any, text_encoders: list[Any], tokenizers: li
                                  "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
                                  "scheduler": ["diffusers", "EulerDiscreteScheduler"],
                                  "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
-        for te, tok, te_dir, tok_dir in zip(text_encoders, tokenizers, te_dirs, tok_dirs):
+        for te, tok, te_dir, tok_dir in zip(text_encoders, tokenizers, te_dirs, tok_dirs, strict=True):
             index[te_dir] = ["transformers", type(te).__name__]
             index[tok_dir] = ["transformers", type(tok).__name__]
         if arch == "sd15":
