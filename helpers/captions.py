@@ -29,6 +29,9 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
+
+from helpers.config import option
 
 BACKUP_DIRNAME = ".tunebook_backups"
 MANIFEST_NAME = "changes.json"
@@ -456,6 +459,165 @@ def rename_images_to_captions(captions: dict[Path, str], *, spaces_to_underscore
     finally:
         save_manifest(result.backup_dir, root, entries)
     return result
+
+
+# ----------------------------------------------------------------------------------------------- notebook 02
+
+
+@dataclass
+class FilenameCaptionConfig:
+    """What notebook 02's filenames -> captions form edits."""
+
+    format_version: ClassVar[int] = 1
+    dataset: str = option("demo", help="dataset name in the workspace", label="dataset name")
+    underscores_to_spaces: bool = option(True, help="turn '_' into spaces ('red_fox' -> 'red fox')")
+    strip_numbering: bool = option(True, help="remove numbering a downloader or file manager added: '_01', "
+                                              "' (2)', '-3', ' copy'")
+    overwrite: bool = option(False, help="replace existing captions (each is backed up first; undo is possible)")
+    caption_ext: str = option(".txt", help="caption file extension kohya reads (--caption_extension)",
+                              group="advanced")
+
+    def check(self) -> dict[str, str]:
+        return _check_dataset_name(self.dataset)
+
+
+@dataclass
+class RenameConfig:
+    """What notebook 02's captions -> filenames form edits."""
+
+    format_version: ClassVar[int] = 1
+    dataset: str = option("demo", help="dataset name in the workspace", label="dataset name")
+    spaces_to_underscores: bool = option(False, help="write spaces as '_' in the new names")
+    dry_run: bool = option(True, help="only show the planned renames; untick to rename (undo is possible)")
+    caption_ext: str = option(".txt", help="caption file extension", group="advanced")
+
+    def check(self) -> dict[str, str]:
+        return _check_dataset_name(self.dataset)
+
+
+def _check_dataset_name(name: str) -> dict[str, str]:
+    from helpers.workspace import check_name
+
+    try:
+        check_name(name, "dataset name")
+    except ValueError as exc:
+        return {"dataset": str(exc)}
+    return {}
+
+
+def plan_filename_captions(folder: str | os.PathLike, *, underscores_to_spaces: bool = True,
+                           strip_suffixes: bool = True) -> dict[Path, str]:
+    """{image: caption from its filename} for a dataset folder; {} with a message when it has no images."""
+    from helpers.dataset import list_images
+
+    folder = Path(folder)
+    images = list_images(folder) if folder.is_dir() else []
+    if not images:
+        print(f"no images in {folder}: download a dataset in 01_download first")
+        return {}
+    return captions_from_filenames(images, underscores_to_spaces=underscores_to_spaces,
+                                   strip_suffixes=strip_suffixes)
+
+
+def shared_captions(new: dict[Path, str]) -> dict[str, list[Path]]:
+    """Captions that several images would get (identical names once numbering is stripped), most shared first."""
+    groups: dict[str, list[Path]] = {}
+    for image, text in new.items():
+        groups.setdefault(text, []).append(image)
+    return dict(sorted(((t, sorted(g)) for t, g in groups.items() if len(g) > 1), key=lambda kv: -len(kv[1])))
+
+
+def show_shared(new: dict[Path, str], limit: int = 20) -> None:
+    """Print the captions several images would share: fine for one concept, a hint to add detail otherwise."""
+    groups = shared_captions(new)
+    if not new:
+        return
+    if not groups:
+        print(f"{len(new)} images, every caption different")
+        return
+    print(f"{len(new)} images, {len(set(new.values()))} different captions; shared by several images "
+          "(the guide captions what differs between them):")
+    for text, images in list(groups.items())[:limit]:
+        print(f"  x{len(images)}  {text}")
+
+
+def show_preview(rows: list[ChangeRow], limit: int = 200) -> None:
+    """The preview as an HTML table in a notebook (plain text elsewhere), with totals per action."""
+    try:
+        from IPython.display import HTML, display
+    except ImportError:
+        print(format_preview(rows, limit))
+        return
+    import html
+
+    if not rows:
+        print("nothing to preview")
+        return
+    colours = {"create": "#e6f4ea", "overwrite": "#fdecea", "skip (exists)": "#fff8e1", "unchanged": "#f1f3f4"}
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.action] = counts.get(row.action, 0) + 1
+    lines = ["<table><tr><th>action</th><th>image</th><th>current caption</th><th>new caption</th></tr>"]
+    for row in rows[:limit]:
+        lines.append(f"<tr style='background:{colours.get(row.action, '#fff')}'><td>{row.action}</td>"
+                     f"<td>{html.escape(row.image.name)}</td><td>{html.escape(row.old or '')}</td>"
+                     f"<td>{html.escape(row.new)}</td></tr>")
+    lines.append("</table>")
+    more = f" (first {limit} of {len(rows)} shown)" if len(rows) > limit else ""
+    totals = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    display(HTML(f"<p><b>{totals}</b>{more}</p>" + "".join(lines)))
+
+
+def caption_sheet(folder: str | os.PathLike, ext: str = ".txt", limit: int = 36, columns: int = 6):
+    """A contact sheet of images with their captions (None when there are no images)."""
+    from helpers.dataset import list_images
+    from helpers.ui.gallery import thumbnail_grid
+
+    folder = Path(folder)
+    images = list_images(folder)[:limit] if folder.is_dir() else []
+    if not images:
+        print(f"no images in {folder}")
+        return None
+    items = []
+    for image in images:
+        try:
+            text = read_caption(image, ext)
+        except CaptionError as exc:
+            text = f"unreadable caption: {exc}"
+        items.append((image, text if text is not None else "(no caption)"))
+    return thumbnail_grid(items, columns=columns)
+
+
+def plan_renames_for(folder: str | os.PathLike, *, spaces_to_underscores: bool = False,
+                     ext: str = ".txt") -> dict[Path, str]:
+    """{image: caption} for every captioned image in ``folder`` (the input of ``rename_images_to_captions``)."""
+    from helpers.dataset import list_images
+
+    folder = Path(folder)
+    images = list_images(folder) if folder.is_dir() else []
+    out = {}
+    for image in images:
+        text = read_caption(image, ext)
+        if text:
+            out[image] = text
+    if not out:
+        print(f"no captioned images in {folder}: nothing to rename")
+    return out
+
+
+def show_renames(changes: ChangeSet, dry_run: bool, limit: int = 100) -> None:
+    """Print the renames planned (dry run) or done, and how to undo them."""
+    if not changes.renamed:
+        print("no renames needed: every name already says its caption")
+        return
+    verb = "would rename" if dry_run else "renamed"
+    print(f"{verb} {len(changes.renamed)} images:")
+    for src, dst in changes.renamed[:limit]:
+        print(f"  {src.name}  ->  {dst.name}")
+    if len(changes.renamed) > limit:
+        print(f"  ... and {len(changes.renamed) - limit} more")
+    if changes.backup_dir:
+        print(f"undo with: captions.undo_changes({str(changes.backup_dir)!r})")
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -33,11 +33,12 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import ExifTags, Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from helpers.config import write_text_atomic
+from helpers.config import option, write_text_atomic
 
 # kohya sd-scripts reads these (train_util.IMAGE_EXTENSIONS, plus upper case); .avif when Pillow has AVIF.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif")
@@ -152,6 +153,7 @@ PROBLEMS = {
     "exif_rotated": ("fixable", "EXIF orientation: pixels rotated so every tool sees it upright"),
     "unusual_mode": ("fixable", "unusual pixel mode: converted to RGB"),
     "unsupported_format": ("fixable", "a format training does not read: converted to PNG"),
+    "caption_encoding": ("rejected", "caption is not UTF-8 text: re-save it as UTF-8 (moved aside, not lost)"),
 }
 
 
@@ -161,7 +163,7 @@ class FileCheck:
 
     path: Path
     kind: str  # "image", "caption", "metadata", "other"
-    status: str  # "ok", "fixable", "rejected", "ignored" (not read by training)
+    status: str  # "ok", "fixable", "rejected", "ignored" (metadata and other files training does not read)
     problems: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     format: str | None = None
@@ -363,8 +365,12 @@ def _classify(path: Path, caption_ext: str, min_side: int, max_pixels: int) -> F
     if ext in IMAGE_EXTENSIONS:
         return inspect_image(path, min_side=min_side, max_pixels=max_pixels)
     if ext == caption_ext or ext in CAPTION_EXTENSIONS:
-        return FileCheck(path=path, kind="caption", status="ignored", reasons=["caption file"],
-                         size_bytes=path.stat().st_size)
+        check = FileCheck(path=path, kind="caption", status="ok", size_bytes=path.stat().st_size)
+        try:
+            path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            check.add("caption_encoding", f"byte {exc.start}")
+        return check
     if ext in METADATA_EXTENSIONS:
         return FileCheck(path=path, kind="metadata", status="ignored", reasons=["metadata (e.g. gallery-dl JSON)"],
                          size_bytes=path.stat().st_size)
@@ -585,8 +591,9 @@ def reject_files(checks: list[FileCheck], root: str | os.PathLike, caption_ext: 
                 result.failed.append((check.path, f"not inside {root}"))
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
+            sidecars = sidecar_files(path, caption_ext) if check.kind == "image" else []
             moves = [(path, target)] + [(s, target.with_name(target.stem + s.name[len(path.stem):]))
-                                        for s in sidecar_files(path, caption_ext)]
+                                        for s in sidecars]
             for src, dst in moves:
                 if dst.exists():
                     dst = _unique_path(dst)
@@ -683,8 +690,11 @@ def dataset_report(check: DatasetCheck, *, resolution: int = 1024, min_bucket: i
     counts: dict[str, int] = {}
     formats: dict[str, int] = {}
     problems: dict[str, int] = {}
+    kinds: dict[str, int] = {}
     for f in check.files:
-        counts[f.status] = counts.get(f.status, 0) + 1
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        if f.kind == "image":
+            counts[f.status] = counts.get(f.status, 0) + 1
         for code in f.problems:
             problems[code] = problems.get(code, 0) + 1
     for f in check.images:
@@ -721,6 +731,7 @@ def dataset_report(check: DatasetCheck, *, resolution: int = 1024, min_bucket: i
         "images": len(check.images),
         "usable_images": len(usable),
         "counts": counts,
+        "file_kinds": kinds,
         "formats": formats,
         "problems": problems,
         "resolution": resolution,
@@ -741,7 +752,8 @@ def format_report(report: dict[str, object], check: DatasetCheck | None = None, 
     """The report as plain text (CLI, notebooks without widgets)."""
     lines = [f"dataset {report['folder']}: {report['images']} images ({report['usable_images']} usable), "
              f"{report['files']} files",
-             "status: " + ", ".join(f"{k} {v}" for k, v in sorted(report["counts"].items())),
+             "images: " + (", ".join(f"{k} {v}" for k, v in sorted(report["counts"].items())) or "none")
+             + "; files: " + ", ".join(f"{k} {v}" for k, v in sorted(report["file_kinds"].items())),
              "formats: " + (", ".join(f"{k} {v}" for k, v in sorted(report["formats"].items())) or "none")]
     if report["problems"]:
         lines.append("problems: " + ", ".join(f"{k} {v}" for k, v in sorted(report["problems"].items())))
@@ -835,6 +847,85 @@ def parse_colour(text: str) -> tuple[int, int, int]:
 
 
 # ----------------------------------------------------------------------------------------------- demo hook and CLI
+
+
+@dataclass
+class CheckConfig:
+    """What notebook 01's check form edits."""
+
+    format_version: ClassVar[int] = 1
+    resolution: int = option(1024, help="training resolution (SDXL 1024, SD 1.5 512): the report counts images "
+                                        "below it and shows their buckets", unit="px", min=256, max=4096, step=64)
+    min_side: int = option(DEFAULT_MIN_SIDE, help="reject images whose shorter side is smaller", unit="px", min=1,
+                           max=4096)
+    max_megapixels: float = option(DEFAULT_MAX_PIXELS / 1e6, help="reject larger images (decompression-bomb "
+                                   "limit)", unit="MP", min=1.0, max=1000.0, group="advanced")
+    near_threshold: int = option(6, help="largest perceptual-hash distance (of 64) called a near duplicate",
+                                 min=0, max=32, group="advanced")
+    fix: bool = option(False, help="apply the fixes (EXIF rotation, RGB, transparency, re-encode); originals are "
+                                   "backed up first", label="apply fixes")
+    reject: bool = option(False, help="move rejected files (with captions) to _rejected/ (never deleted)",
+                          label="move rejects to _rejected/")
+    background: str = option("white", help="colour transparency is flattened on (name, #rrggbb or r,g,b)")
+
+
+def run_check(folder: str | os.PathLike, cfg: CheckConfig) -> tuple[DatasetCheck, dict[str, object]] | tuple[None, None]:
+    """Notebook 01's check step: check ``folder`` and print the report; (None, None) with a message when there
+    is no such dataset yet."""
+    folder = Path(folder)
+    if not folder.is_dir() or not list_dataset_files(folder):
+        print(f"nothing to check: {folder} is missing or empty (download a dataset above first)")
+        return None, None
+    check = check_dataset(folder, min_side=cfg.min_side, max_pixels=int(cfg.max_megapixels * 1e6),
+                          near_threshold=cfg.near_threshold)
+    report = dataset_report(check, resolution=cfg.resolution)
+    print(format_report(report, check))
+    return check, report
+
+
+def show_check(check: DatasetCheck | None, report: dict[str, object] | None) -> None:
+    """Display the pictures of a check: problems and duplicates contact sheets, size histogram, bucket chart."""
+    from IPython.display import display
+
+    if check is None:
+        print("no check to show")
+        return
+    shown = False
+    for title, img in (("problems (fixable and rejected)", problems_sheet(check)),
+                       ("duplicates (same bytes / look alike)", duplicates_sheet(check)),
+                       ("image sizes", resolution_histogram(check, int(report["resolution"]))),
+                       ("buckets", buckets_chart(report))):
+        if img is not None:
+            print(title)
+            display(img)
+            shown = True
+    if not shown:
+        print("no images to show")
+
+
+def clean_dataset(check: DatasetCheck | None, cfg: CheckConfig) -> dict[str, object]:
+    """Notebook 01's clean step: apply fixes and move rejects as ``cfg`` says; prints what changed and how to undo."""
+    if check is None:
+        print("nothing to clean")
+        return {}
+    out: dict[str, object] = {}
+    if cfg.fix:
+        res = fix_images(check.files, check.folder, background=parse_colour(cfg.background))
+        out["fixed"], out["fix_failed"], out["fix_backup"] = len(res.fixed), res.failed, res.backup_dir
+    if cfg.reject:
+        res = reject_files(check.files, check.folder)
+        out["rejected"], out["reject_undo"] = len(res.rejected), res.backup_dir
+    if not out:
+        n_fix, n_rej = len(check.with_status("fixable")), len(check.with_status("rejected"))
+        print(f"nothing changed: {n_fix} fixable, {n_rej} rejected. Tick 'apply fixes' / 'move rejects' above "
+              "and run the check and this cell again")
+        return out
+    for key, value in out.items():
+        print(f"{key}: {value}")
+    undo = [str(v) for k, v in out.items() if k in ("fix_backup", "reject_undo") and v]
+    if undo:
+        print("undo with: " + "; ".join(f"captions.undo_changes({u!r})" for u in undo))
+    return out
 
 
 def run_demo(ws) -> dict[str, str]:

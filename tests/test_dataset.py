@@ -96,6 +96,8 @@ def make_bad_corpus(root: Path) -> dict[str, tuple[str, str | None]]:
     cases["static.gif"] = ("fixable", "unsupported_format")
     (root / "readme.md").write_text("notes")
     cases["readme.md"] = ("ignored", None)
+    (root / "windows caption.txt").write_bytes("caf\xe9 au lait".encode("cp1252"))
+    cases["windows caption.txt"] = ("rejected", "caption_encoding")
     return cases
 
 
@@ -255,5 +257,7 @@ def test_cli_json_lists_every_file_and_exits_zero(corpus, capsys):
     listed = {f["path"]: f for f in data["check"]["files"]}
     assert set(listed) == set(cases)
     assert listed["empty.jpg"]["status"] == "rejected" and listed["empty.jpg"]["reasons"]
-    assert data["report"]["counts"]["rejected"] == sum(1 for s, _ in cases.values() if s == "rejected")
+    assert data["check"]["counts"]["rejected"] == sum(1 for s, _ in cases.values() if s == "rejected")
+    assert data["report"]["counts"]["rejected"] == sum(1 for n, (s, _) in cases.items()
+                                                       if s == "rejected" and not n.endswith(".txt"))
     assert dataset.main(["check", str(root / "missing")]) == 2
