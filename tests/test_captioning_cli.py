@@ -67,3 +67,25 @@ def test_cli_help_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "helpers.captioning", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "tag" in done.stdout and "booru" in done.stdout
     assert not caption_path(__file__).exists()
+
+
+def test_notebook_helpers_cope_with_empty_workspaces_and_preselect_local_models(workspace, capsys):
+    from helpers.captioning import notebook
+    from helpers.captioning.curation import CurationConfig
+    from helpers.captioning.sidecar import RenderConfig
+
+    assert notebook.default_target(workspace).dataset == ""
+    assert notebook.choose_dataset(workspace, "") is None
+    assert "No dataset in" in capsys.readouterr().out
+    assert notebook.run_tagger(workspace, None, notebook.default_tagger_config(workspace), RenderConfig()) is None
+    assert notebook.caption_sheet(None) is None and notebook.plan_curation(None, CurationConfig(), RenderConfig()) == {}
+    assert notebook.default_tagger_config(workspace).model == "eva02-large-v3"
+    run_demo(workspace)
+    assert notebook.default_tagger_config(workspace).model == "tiny-tagger"  # the tagger already in the workspace
+    folder = notebook.choose_dataset(workspace, notebook.default_target(workspace).dataset)
+    assert folder == workspace.dataset("demo")
+    planned = notebook.plan_curation(folder, CurationConfig(trigger="zkx"), RenderConfig())
+    assert len(planned) == 12 and "zkx" in capsys.readouterr().out
+    edit = notebook.apply_curation(planned, RenderConfig())
+    assert edit is not None and "undo with: python -m helpers.captioning undo" in capsys.readouterr().out
+    assert notebook.caption_sheet(folder).size[0] > 0 and notebook.tag_chart(folder) is not None

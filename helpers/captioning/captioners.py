@@ -193,7 +193,7 @@ def load_captioner(model: str, cache_dir: str | os.PathLike | None = None, devic
         processor = transformers.AutoProcessor.from_pretrained(source, cache_dir=cache_dir, **processor_kwargs)
         net = model_cls.from_pretrained(source, cache_dir=cache_dir, dtype=torch_dtype)
     except OSError as exc:
-        raise CaptionerError(f"could not load {source}: {exc}. Check the name and your connection (offline "
+        raise CaptionerError(f"could not load {source}: {str(exc).rstrip('.')}. Check the name and your connection (offline "
                              "machines need the model copied into the workspace cache first)") from exc
     if family == "vlm":
         processor.tokenizer.padding_side = "left"  # decoder-only generation continues from the right end

@@ -97,6 +97,7 @@ class CaptionEditor(_Panel):
     def __init__(self, folder: str | os.PathLike, render: RenderConfig | None = None, per_page: int = 12,
                  columns: int = 3, thumb: int = 192):
         import ipywidgets as w
+
         from helpers.dataset import list_images
 
         super().__init__()

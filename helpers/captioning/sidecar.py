@@ -35,8 +35,17 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from helpers.captioning.tags import KEEP_SEPARATOR, join_tags, split_tags
-from helpers.captions import (CaptionError, ChangeRow, ChangeSet, UndoResult, caption_path, preview_changes,
-                              read_caption, undo_changes, write_captions)
+from helpers.captions import (
+    CaptionError,
+    ChangeRow,
+    ChangeSet,
+    UndoResult,
+    caption_path,
+    preview_changes,
+    read_caption,
+    undo_changes,
+    write_captions,
+)
 from helpers.config import option
 
 SIDECAR_EXT = ".captions.json"

@@ -103,10 +103,13 @@ def is_tagger_folder(folder: Path) -> bool:
 
 def fetch_tagger(model: str, models_dir: str | os.PathLike, *, revision: str | None = None,
                  token: str | bool | None = None) -> Path:
-    """The local folder of tagger ``model``: an existing folder as is, else the Hub repo downloaded into
-    ``models_dir/<repo name>`` (once; later calls reuse it). Only ``model.onnx`` and ``selected_tags.csv`` come.
+    """The local folder of tagger ``model``: an existing folder (a path, or a folder name in ``models_dir``) as is,
+    else the Hub repo downloaded into ``models_dir/<repo name>`` (once; later calls reuse it). Only ``model.onnx``
+    and ``selected_tags.csv`` are downloaded.
     """
     local = Path(model).expanduser()
+    if not local.is_dir() and (Path(models_dir) / model).is_dir():
+        local = Path(models_dir) / model  # a tagger already in the workspace, named by its folder
     if local.is_dir():
         if not is_tagger_folder(local):
             raise TaggerError(f"{local} is not a tagger folder: it needs {MODEL_FILE} and {TAGS_FILE}")
