@@ -73,8 +73,22 @@ def test_truncated_and_garbage_files(sdxl_file, tmp_path):
         open_checkpoint(junk)
     with pytest.raises(CheckpointError, match="no such file"):
         open_checkpoint(tmp_path / "missing.safetensors")
-    with pytest.raises(CheckpointError, match="not a diffusers model"):
+    with pytest.raises(CheckpointError, match="not a diffusers model and it holds 2 model files"):
         open_checkpoint(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no model_index.json, unet/ or model file"):
+        open_checkpoint(empty)
+
+
+def test_folder_holding_one_model_file(sdxl_file, tmp_path):
+    """The download stage stores single files as models/<name>/<file> beside a model.json."""
+    stored = tmp_path / "my-base"
+    stored.mkdir()
+    (stored / "model.json").write_text("{}")
+    (stored / sdxl_file.name).write_bytes(sdxl_file.read_bytes())
+    ck = open_checkpoint(stored)
+    assert (ck.layout, ck.arch, ck.path) == ("single_file", "sdxl", stored / sdxl_file.name)
 
 
 def test_pickle_refused_unless_allowed(sdxl_file, tmp_path):

@@ -41,6 +41,8 @@ def test_cli_errors_exit_nonzero(tmp_path, capsys, tiny_sd15_dir):
 
 def test_run_demo_reports_models(workspace, tiny_sdxl_dir):
     shutil.copytree(tiny_sdxl_dir, workspace.model("tiny-sdxl"))
+    (workspace.models / "broken.safetensors").write_bytes(b"not a model")
     result = run_demo(workspace)
-    assert result == {"model tiny-sdxl": result["model tiny-sdxl"]}
+    assert set(result) == {"model tiny-sdxl", "model broken.safetensors"}
     assert result["model tiny-sdxl"].startswith("sdxl epsilon diffusers")
+    assert result["model broken.safetensors"].startswith("not loadable:")

@@ -31,14 +31,18 @@ def format_summary(summary: dict) -> str:
 
 def run_demo(ws) -> dict[str, str]:
     """Inspect every base model in the demo workspace (header reads only: milliseconds)."""
-    from .checkpoint import open_checkpoint, summarize_checkpoint
+    from .checkpoint import CheckpointError, open_checkpoint, summarize_checkpoint
 
     out = {}
     for path in sorted(ws.models.iterdir()) if ws.models.exists() else []:
         if path.name.startswith(".") or not (path.is_dir() or path.suffix == ".safetensors"):
             continue
-        with open_checkpoint(path) as ck:
-            s = summarize_checkpoint(ck)
+        try:
+            with open_checkpoint(path) as ck:
+                s = summarize_checkpoint(ck)
+        except CheckpointError as exc:  # one unusable file must not stop the demo; say why instead
+            out[f"model {path.name}"] = f"not loadable: {exc}"
+            continue
         params = sum(c["parameters"] for c in s["components"].values())
         out[f"model {path.name}"] = f"{s['arch']} {s['prediction']} {s['layout']}, {_human(params)} params"
     return out

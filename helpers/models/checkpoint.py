@@ -442,7 +442,14 @@ def open_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> C
     if path.is_dir():
         if (path / "model_index.json").exists() or (path / "unet").is_dir():
             return _open_diffusers_folder(path, allow_pickle)
-        raise CheckpointError(f"{path}: folder is not a diffusers model (no model_index.json or unet/); "
+        # a stored single-file model (models/<name>/<file>.safetensors beside its model.json)
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.suffix in (".safetensors", ".sft") + PICKLE_SUFFIXES)
+        if len(files) == 1:
+            return open_checkpoint(files[0], allow_pickle=allow_pickle)
+        found = f"it holds {len(files)} model files ({', '.join(f.name for f in files[:4])})" if files else \
+            "no model_index.json, unet/ or model file"
+        raise CheckpointError(f"{path}: folder is not a diffusers model and {found}; "
                               "pass the .safetensors file itself or the pipeline folder")
     if path.suffix not in (".safetensors", ".sft") + PICKLE_SUFFIXES:
         raise CheckpointError(f"{path}: unsupported model file type {path.suffix!r}; expected .safetensors")
