@@ -94,7 +94,7 @@ def start_job(run: RunPaths, config: Any = None, *, num_gpus: int = 1, resume: s
         raise RuntimeError(f"run '{run.name}' is already running (pid {current.pid}): stop it first or watch it")
     run.create()
     if config is not None:
-        if run.config.exists() and resume is None and (run.state.exists() and any(run.state.iterdir())):
+        if run.config.exists() and resume is None and run_outputs(run)["states"]:
             raise FileExistsError(f"run '{run.name}' already has training state: resume it "
                                   f"(resume='latest') or pick a new run name")
         save_config(config, run.config)
@@ -217,15 +217,14 @@ def suggest_train_config(ws: Workspace, template: str | None = None) -> Any:
 
         vram = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
         template = suggest_template(vram)
+    cfg = build_config(TrainConfig, template)
     overrides: dict[str, Any] = {}
-    datasets = ws.list_datasets()
-    if datasets:
-        overrides["data"] = {"dataset": datasets[0] if "demo" not in datasets or template != "demo_tiny" else "demo"}
-    models = ws.list_models()
-    if models:
-        preferred = [m for m in models if m.endswith(".safetensors")] or models
-        overrides["model"] = {"base_model": preferred[0]}
-    return build_config(TrainConfig, template, overrides=overrides)
+    datasets, models = ws.list_datasets(), ws.list_models()
+    if not cfg.data.dataset and datasets:  # a template that names no dataset gets the workspace's first
+        overrides["data"] = {"dataset": datasets[0]}
+    if not cfg.model.base_model and models:
+        overrides["model"] = {"base_model": ([m for m in models if m.endswith(".safetensors")] or models)[0]}
+    return build_config(TrainConfig, template, overrides=overrides) if overrides else cfg
 
 
 def new_run_name(ws: Workspace, prefix: str = "run") -> str:
@@ -235,3 +234,18 @@ def new_run_name(ws: Workspace, prefix: str = "run") -> str:
     while (ws.runs / name).exists():
         name, n = f"{prefix}-{stamp}-{n}", n + 1
     return name
+
+
+def latest_run(ws: Workspace) -> RunPaths | None:
+    """The most recently started run (after a kernel restart: pick up where the notebook left off)."""
+    runs = [ws.run(n) for n in ws.list_runs()]
+    runs = [r for r in runs if r.config.exists()]
+    return max(runs, key=lambda r: (r.job if r.job.exists() else r.config).stat().st_mtime) if runs else None
+
+
+def run_outputs(run: RunPaths) -> dict[str, list[str]]:
+    """What a run has written so far: model checkpoints and resumable states."""
+    from helpers.training.checkpoints import list_states
+
+    return {"checkpoints": sorted(str(p) for p in run.checkpoints.glob("*.safetensors")),
+            "states": [str(p) for p in list_states(run.state)] if run.state.exists() else []}

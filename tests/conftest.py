@@ -50,3 +50,14 @@ def workspace(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TUNEBOOK_WORKSPACE", str(tmp_path / "ws"))
     return Workspace.open(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(tmp_path_factory):
+    """The workspace ``python -m helpers demo`` makes (every stage run once); shared, so treat it as read-only
+    unless a test adds its own uniquely named run/dataset."""
+    from helpers.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo") / "ws"
+    run_demo(root, echo=lambda *_: None)
+    return root

@@ -54,15 +54,6 @@ def test_notebook_hygiene(path):
     assert import_cells == [0], f"exactly one import cell, the first code cell (imports found in cells {import_cells})"
 
 
-@pytest.fixture(scope="session")
-def demo_workspace(tmp_path_factory):
-    from helpers.demo import run_demo
-
-    root = tmp_path_factory.mktemp("nbdemo") / "ws"
-    run_demo(root, echo=lambda *_: None)
-    return root
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, demo_workspace, monkeypatch):

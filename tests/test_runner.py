@@ -1,0 +1,63 @@
+"""The detached training job as the notebook drives it: start, watch, kill, resume, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from helpers import runner
+from helpers.workspace import Workspace
+
+
+def test_suggest_template_by_vram():
+    assert runner.suggest_template(None) == "demo_tiny"
+    assert runner.suggest_template(24.0) == "demo_tiny"
+    assert runner.suggest_template(47.5) == "sdxl_finetune_a6000"
+    assert runner.suggest_template(79.3) == "sdxl_finetune_a100"
+
+
+def test_status_of_a_run_never_started(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    st = runner.job_status(ws.run("nothing"))
+    assert st.state == "not started" and not st.alive and not st.done
+    with pytest.raises(FileNotFoundError, match="no config.toml"):
+        runner.start_job(ws.run("nothing"))
+
+
+@pytest.mark.slow
+def test_job_killed_then_resumed_then_stopped(demo_workspace):
+    from helpers.ui.monitor import TrainingMonitor
+
+    ws = Workspace.open(demo_workspace)
+    cfg = runner.suggest_train_config(ws, "demo_tiny")
+    run = ws.run("runner-test")
+    runner.start_job(run, cfg)
+    with pytest.raises(RuntimeError, match="already running"):
+        runner.start_job(run, cfg)
+    # kill -9 as a spot-instance pause would, once some state is on disk
+    deadline = time.time() + 240
+    while time.time() < deadline and not runner.run_outputs(run)["states"]:
+        time.sleep(0.3)
+    assert runner.run_outputs(run)["states"], "no training state was saved"
+    os.killpg(runner.read_json(run.job)["pid"], signal.SIGKILL)
+    st = runner.wait_job(run, timeout=30)
+    assert st.state in ("died", "finished")
+    if st.state == "died":
+        assert "resume" in st.error
+        with pytest.raises(FileExistsError, match="resume"):
+            runner.start_job(run, cfg)  # a fresh start would clobber the state: refused
+        runner.start_job(run, resume="latest")
+        st = runner.wait_job(run, timeout=300)
+    assert st.state == "finished", open(run.stdout).read()[-2000:]
+    assert st.step == st.total_steps > 0
+    curve = runner.loss_curve(run)
+    assert [s for s, _ in curve] == list(range(1, st.total_steps + 1))
+    assert runner.run_outputs(run)["checkpoints"]
+    monitor = TrainingMonitor(run)
+    final = monitor.refresh()
+    assert final.state == "finished" and monitor.bar.value == monitor.bar.max == st.total_steps
+    assert monitor.chart.value[:4] == b"\x89PNG" and "finished" in monitor.line.value
+    assert runner.stop_job(run).state == "finished"  # stopping a finished run changes nothing
