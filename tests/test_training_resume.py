@@ -1,0 +1,150 @@
+"""The headline guarantee: a run killed with SIGKILL and resumed with ``--resume latest`` reproduces the
+per-step losses and the bit-identical final weights of an uninterrupted run (CPU, one thread).
+
+Real processes (``python -m helpers.training``), a real ``kill -9`` while training runs, twice (a second
+resume must not double-count), with everything that carries randomness or position switched on: random
+crop, flip, caption shuffle + tag dropout, text-encoder training, gradient accumulation with a short last
+chunk per epoch, a warm-up + cosine schedule, min-SNR, noise offset.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.config import from_dict, save_config
+from helpers.training.config import TrainConfig
+from helpers.training.progress import read_log, step_losses
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_run(tmp_path: Path, name: str, model_dir: Path, dataset: Path) -> Path:
+    cfg = from_dict(TrainConfig, {
+        "model": {"base_model": str(model_dir)},
+        "data": {"dataset": str(dataset), "resolution": 64, "min_bucket_side": 32, "max_bucket_side": 128,
+                 "bucket_step": 32, "random_crop": True, "flip": True, "shuffle_caption": True, "keep_tokens": 1,
+                 "tag_dropout": 0.2, "num_workers": 0},
+        "optimizer": {"learning_rate": 1e-3, "train_text_encoder": True, "gradient_accumulation_steps": 2,
+                      "lr_scheduler": "cosine", "lr_warmup_steps": 2},
+        "objective": {"min_snr_gamma": 5.0, "noise_offset": 0.05},
+        "saving": {"save_every_n_epochs": 0, "state_every_n_steps": 2, "state_every_n_minutes": 0.0,
+                   "save_precision": "fp32", "keep_last_states": 2},
+        "epochs": 3, "batch_size": 1, "seed": 3, "device": "cpu"})
+    run = tmp_path / "runs" / name
+    save_config(cfg, run / "config.toml")
+    return run
+
+
+def start(run: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "helpers.training", str(run / "config.toml"), "--progress",
+                             "off", *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def kill_after_step(proc: subprocess.Popen, log: Path, step: int, timeout: float = 120) -> int:
+    """SIGKILL the trainer as soon as its log shows ``step`` (or later); returns the last step logged."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = max(step_losses(log), default=0)
+        if done >= step:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return done
+        if proc.poll() is not None:
+            pytest.fail(f"trainer exited before step {step}: {proc.stdout.read().decode()[-2000:]}")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail("trainer too slow")
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "checkpoints" / f"{run.name}.safetensors"))
+
+
+def test_kill_9_and_resume_latest_reproduces_losses_and_weights(tiny_sdxl_dir, tmp_path):
+    import threading
+
+    from accelerate.state import AcceleratorState
+
+    from helpers.config import load_config
+    from helpers.training.loop import train
+    from tests.test_training_loop import make_dataset
+
+    dataset = make_dataset(tmp_path / "ds", n=3)  # 4 samples/epoch -> 4 batches -> 2 steps/epoch, 6 in all
+    reference = make_run(tmp_path, "reference", tiny_sdxl_dir, dataset)
+    killed = make_run(tmp_path, "killed", tiny_sdxl_dir, dataset)
+    # first kill mid-run (state every 2 steps: the resumed run must redo what was lost), watched from a
+    # thread while the uninterrupted reference run trains in this process (same code, same single thread)
+    proc = start(killed)
+    result: dict = {}
+    watcher = threading.Thread(target=lambda: result.update(first=kill_after_step(proc, killed / "log.jsonl", 3)))
+    watcher.start()
+    AcceleratorState._reset_state(True)
+    train(load_config(TrainConfig, reference / "config.toml"), reference, show_progress=False)
+    watcher.join()
+    # second kill after resuming: counters must continue, not restart or double-count
+    proc = start(killed, "--resume", "latest")
+    second = kill_after_step(proc, killed / "log.jsonl", result["first"] + 1)
+    proc = start(killed, "--resume", "latest")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out.decode()[-3000:]
+
+    ref_losses, res_losses = step_losses(reference / "log.jsonl"), step_losses(killed / "log.jsonl")
+    assert sorted(ref_losses) == list(range(1, 7)) and second < 6
+    assert res_losses == ref_losses  # exact floats, step by step
+    resumes = [r for r in read_log(killed / "log.jsonl") if r.get("event") == "resume"]
+    assert len(resumes) == 2 and all(r["step"] % 2 == 0 for r in resumes)  # states are at even steps
+    ref_w, res_w = final_weights(reference), final_weights(killed)
+    assert ref_w.keys() == res_w.keys()
+    assert all(torch.equal(ref_w[k], res_w[k]) for k in ref_w)  # bit-identical, every tensor
+    assert not list((killed / "state").glob(".tmp-*"))  # no half-written state left behind
+
+
+def test_resume_with_changed_config_says_so(tiny_sd15_dir, tmp_path, capsys):
+    from accelerate.state import AcceleratorState
+
+    from helpers.config import load_config
+    from helpers.training.loop import TrainingError, train
+    from tests.test_training_loop import make_dataset
+
+    AcceleratorState._reset_state(True)
+    run = make_run(tmp_path, "r", tiny_sd15_dir, make_dataset(tmp_path / "ds", n=2))
+    cfg = load_config(TrainConfig, run / "config.toml")
+    cfg.epochs = 1
+    train(cfg, run, show_progress=False)
+    cfg.optimizer.learning_rate = 2e-3
+    cfg.data.num_workers = 1  # does not change the computation: not reported
+    train(cfg, run, resume="latest", show_progress=False)
+    err = capsys.readouterr().err
+    assert "will not match an uninterrupted one" in err and "optimizer.learning_rate" in err
+    assert "num_workers" not in err
+    with pytest.raises(TrainingError, match="no training state"):
+        train(cfg, tmp_path / "runs" / "empty", resume="latest", show_progress=False)
+
+
+def test_state_save_refuses_when_disk_is_short_and_keeps_previous(tmp_path, monkeypatch):
+    import shutil
+
+    from helpers.training import checkpoints as ckpt
+
+    weights = {"w": torch.ones(1000)}
+    trainer = {"step": 1, "epoch": 0, "batch_in_epoch": 1, "config": {}, "scheduler": {}, "scaler": None,
+               "rng": ckpt.capture_rng_states()}
+    first = ckpt.save_training_state(tmp_path / "state", 1, weights=weights, optimizer_state={}, trainer=trainer)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(ckpt.SaveError, match=r"needs 0\.00 GB.*free space"):
+        ckpt.save_training_state(tmp_path / "state", 2, weights=weights, optimizer_state={}, trainer=trainer)
+    assert ckpt.find_latest_state(tmp_path / "state") == first
+    assert torch.equal(ckpt.load_training_state(first)["weights"]["w"], weights["w"])
