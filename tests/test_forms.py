@@ -59,9 +59,19 @@ def test_save_and_load_buttons(tmp_path):
 def test_callback_errors_are_shown_not_lost(tmp_path):
     form = config_form(Demo)
     form.path_box.value = str(tmp_path / "missing.toml")
-    with pytest.raises(FileNotFoundError):
-        form._guard(form._on_load)
-    assert "not found" in form.status.value
+    form._guard(form._on_load)  # a user's mistake: the message next to the form, no traceback
+    assert "not found" in form.status.value and not form.output.outputs
+
+
+def test_callback_bugs_keep_their_traceback():
+    form = config_form(Demo)
+
+    def broken():
+        raise RuntimeError("a bug in a callback")
+
+    with pytest.raises(RuntimeError):
+        form._guard(broken)
+    assert "a bug in a callback" in form.status.value
 
 
 @pytest.mark.parametrize("name", list_templates())

@@ -121,6 +121,14 @@ class FieldRow:
             self.message.value = ""
 
 
+def _message_html(exc: BaseException) -> str:
+    """An exception as the form shows it: its text, one line per problem (ConfigError lists one per line)."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename:
+        text = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return "<br>".join(html.escape(line) for line in text.splitlines())
+
+
 class ConfigForm:
     """An ipywidgets form over one config dataclass. Display it; read ``value``; assign ``value``."""
 
@@ -234,10 +242,13 @@ class ConfigForm:
     # -- callbacks (each under the Output capture: nothing fails silently) --------------------------------
     def _guard(self, fn) -> None:
         with self.output:
+            self.output.clear_output()
             try:
                 fn()
-            except Exception as exc:  # shown next to the form, with the fix
-                self.status.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
+            except (ValueError, OSError) as exc:  # the user's input (bad value, bad file): the message says the fix
+                self.status.value = f"<span style='color:#c00'>{_message_html(exc)}</span>"
+            except Exception as exc:  # our bug: the message, and the traceback below it for the report
+                self.status.value = f"<span style='color:#c00'>{_message_html(exc)}</span>"
                 raise
 
     def _on_template(self, change) -> None:
@@ -296,6 +307,9 @@ def templates_for(cls: type) -> list[str]:
 def config_form(cls_or_cfg: Any, value: Any = None, template: str | None = None,
                 templates: list[str] | bool | None = None, title: str = "") -> ConfigForm:
     """A form for a config class (or an existing config object). ``templates=True`` lists all shipped ones."""
+    from helpers.ui.colab import enable_colab_widgets
+
+    enable_colab_widgets()  # Colab renders our widgets only with its custom widget manager on; elsewhere a no-op
     if dataclasses.is_dataclass(cls_or_cfg) and not isinstance(cls_or_cfg, type):
         value, cls = cls_or_cfg, type(cls_or_cfg)
     else:

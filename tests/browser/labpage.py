@@ -60,6 +60,7 @@ class LabPage:
         self.name = name
         self.page.goto(f"{self.lab.url}/lab/workspaces/{self.workspace}/tree/notebooks/{name}?token={self.lab.token}")
         self.wait_for_kernel()
+        self.page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # the notebook, not the file list
 
     def reload(self) -> None:
         self.page.reload()
@@ -156,17 +157,89 @@ class LabPage:
         return found
 
     def screenshot(self, path: Path, full: bool = True) -> Path:
-        """A picture of the notebook; ``full`` grows the window to the notebook's height first."""
+        """A picture of the notebook from its top; ``full`` grows the window to the notebook's height first."""
         path.parent.mkdir(parents=True, exist_ok=True)
         size = self.page.viewport_size
+        self.page.evaluate(_TOP_JS)
         if full:
-            height = self.page.evaluate("""() => {
-              const s = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer')
-                     || document.querySelector('.jp-NotebookPanel-notebook');
-              return s ? s.scrollHeight : 0; }""")
-            self.page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(height + 200, 9000))})
+            height = self.page.evaluate(_HEIGHT_JS)
+            self.page.set_viewport_size({"width": size["width"], "height": int(max(size["height"], min(height + 160, 9000)))})
+            self.page.evaluate(_TOP_JS)
             self.page.wait_for_timeout(500)
         self.page.screenshot(path=str(path))
         if full:
             self.page.set_viewport_size(size)
         return path
+
+
+_TOP_JS = """() => { const s = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer'); if (s) s.scrollTop = 0; }"""
+# Cells' total height (the scroll area adds blank space past the end).
+_HEIGHT_JS = """() => { const cells = [...document.querySelectorAll('.jp-NotebookPanel .jp-Cell')];
+  return cells.reduce((h, c) => h + c.getBoundingClientRect().height, 0); }"""
+
+
+class FormView:
+    """One tunebook config form on screen (found by its 'Save TOML' button), used through its widgets."""
+
+    def __init__(self, tab: LabPage, root):
+        self.tab, self.root = tab, root
+
+    @classmethod
+    def all_in(cls, tab: LabPage) -> list[FormView]:
+        page = tab.page
+        roots = page.locator(".jp-Cell-outputArea .jp-OutputArea-output").filter(
+            has=page.locator("button", has_text="Save TOML"))
+        return [cls(tab, roots.nth(i)) for i in range(roots.count())]
+
+    def row(self, label: str):
+        """The field row whose bold label reads ``label`` (units in brackets ignored)."""
+        pattern = re.compile(rf"^{re.escape(label)}( \(.*\))?$")
+        return self.root.locator(".widget-hbox").filter(
+            has=self.tab.page.locator(".widget-html b", has_text=pattern)).first
+
+    def input(self, label: str):
+        return self.row(label).locator("input, textarea, select").first
+
+    def fill(self, label: str, text: str) -> None:
+        """Type into a field and leave it (number boxes send their value on blur, as in a browser)."""
+        box = self.input(label)
+        box.scroll_into_view_if_needed()
+        box.fill(text)
+        box.press("Tab")
+
+    def message(self, label: str) -> str:
+        return self.row(label).locator(".widget-html").nth(1).inner_text()
+
+    def click(self, button: str) -> None:
+        self.root.locator("button", has_text=button).first.click()
+
+    def text(self) -> str:
+        return self.root.inner_text()
+
+    def wait_for_text(self, pattern: str | re.Pattern, timeout: float = 30) -> str:
+        """Wait until the form shows ``pattern`` (after a click the kernel answers through the widgets)."""
+        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.text()
+            if rx.search(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the form never showed {rx.pattern!r}; it shows:\n{text[-2000:]}")
+            time.sleep(0.2)
+
+    def save_to(self, path: Path) -> str:
+        self.root.locator("input[placeholder='path/to/config.toml']").fill(str(path))
+        self.click("Save TOML")
+        return self.wait_for_text(re.compile(rf"saved {re.escape(str(path))}"))
+
+    def load_from(self, path: Path) -> None:
+        self.root.locator("input[placeholder='path/to/config.toml']").fill(str(path))
+        self.click("Load TOML")
+
+    def template_picker(self):
+        return self.root.locator(".widget-dropdown").filter(has=self.tab.page.locator("label", has_text="template")) \
+            .locator("select")
+
+    def checkboxes(self):
+        return self.root.locator(".widget-checkbox input[type=checkbox]")

@@ -3,29 +3,75 @@
 A notebook added to notebooks/ joins automatically (same glob as the nbclient harness). Each one must open
 with the `tunebook` kernel, run all cells, and leave: every widget rendered (no "Error displaying widget",
 no "model not found", nothing stuck on "Loading widget…"), no error in the browser console, no Python
-traceback in any output. A screenshot of each lands in test-output/browser/.
+traceback in any output. Then every config form it shows is used like a person would: pick a template
+(when it offers some), change a field and save (the change must reach the TOML), load a file with a wrong
+key (the form must name it). A screenshot of each notebook lands in test-output/browser/.
 """
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 from conftest import OUT, ROOT
+from labpage import FormView
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
+def assert_clean(page, name: str, shot: Path) -> None:
+    """What a person must not see after running: tracebacks, broken widgets, console errors."""
+    tracebacks = page.tracebacks()
+    assert not tracebacks, f"{name}: Python traceback(s) in the outputs (see {shot}):\n" + "\n".join(tracebacks)
+    problems = page.widget_problems()
+    assert not problems, f"{name}: widgets did not render: {problems} (see {shot})"
+    assert not page.console_errors, f"{name}: browser console errors: {page.console_errors}"
+
+
+def drive_form(form: FormView, folder: Path, tag: str) -> None:
+    """Save, pick a template, change a field, save again, load a bad file: each with its visible answer."""
+    first = folder / f"{tag}-a.toml"
+    form.save_to(first)
+    saved = tomllib.loads(first.read_text())
+    assert saved.get("format_version"), f"{tag}: saved TOML has no format_version: {saved}"
+    picker = form.template_picker()
+    if picker.count():
+        options = [o for o in picker.locator("option").all_inner_texts() if o != "(defaults)"]
+        assert options, f"{tag}: the template dropdown offers no template"
+        picker.select_option(label=options[0])
+        form.wait_for_text(re.compile(rf"template {re.escape(options[0])} applied"))
+    boxes = form.checkboxes()
+    if boxes.count():
+        before = (folder / f"{tag}-b.toml")
+        form.save_to(before)
+        box = boxes.first
+        box.scroll_into_view_if_needed()
+        box.click()
+        after = folder / f"{tag}-c.toml"
+        form.save_to(after)
+        assert before.read_text() != after.read_text(), f"{tag}: ticking a checkbox did not reach the saved config"
+    bad = folder / f"{tag}-bad.toml"
+    bad.write_text("format_version = 1\nno_such_field = 3\n")
+    form.load_from(bad)
+    shown = form.wait_for_text("no_such_field")
+    assert "Traceback" not in shown, f"{tag}: a wrong key in a file shows a traceback, not just the message"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_in_browser(path: Path, page):
+def test_notebook_in_browser(path: Path, page, tmp_path):
     page.open(path.name)
     st = page.run_all()
     page.scroll_through()
-    problems = page.widget_problems()
     shot = page.screenshot(OUT / f"{path.stem}.png")
     assert all(c is not None for c in st["counts"]), \
         f"{path.name}: cells left unrun (a cell failed?) {st['counts']}; see {shot}\n" + "\n".join(page.tracebacks())
-    assert not page.tracebacks(), f"{path.name}: Python traceback(s) in the outputs (see {shot}):\n" + \
-        "\n".join(page.tracebacks())
-    assert not problems, f"{path.name}: widgets did not render: {problems} (see {shot})"
-    assert not page.console_errors, f"{path.name}: browser console errors: {page.console_errors}"
+    assert_clean(page, path.name, shot)
+    forms = FormView.all_in(page)
+    for i, form in enumerate(forms):
+        drive_form(form, tmp_path, f"{path.stem}-form{i}")
+    page.screenshot(OUT / f"{path.stem}-forms.png")
+    problems = page.widget_problems(wait=5)
+    assert not problems, f"{path.name}: widgets broke while using the forms: {problems}"
+    assert not page.console_errors, f"{path.name}: browser console errors while using the forms: {page.console_errors}"
