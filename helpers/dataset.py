@@ -361,6 +361,17 @@ def list_dataset_files(folder: Path) -> list[Path]:
 
 
 def _classify(path: Path, caption_ext: str, min_side: int, max_pixels: int) -> FileCheck:
+    """The check of one file of any kind; an unexpected error becomes that file's reason, never a crash."""
+    try:
+        return _classify_file(path, caption_ext, min_side, max_pixels)
+    except Exception as exc:  # e.g. permissions, a file deleted while checking
+        check = FileCheck(path=path, kind="image" if path.suffix.lower() in IMAGE_EXTENSIONS else "other",
+                          status="ok")
+        check.add("not_image", f"could not be read: {type(exc).__name__}: {exc}")
+        return check
+
+
+def _classify_file(path: Path, caption_ext: str, min_side: int, max_pixels: int) -> FileCheck:
     ext = path.suffix.lower()
     if ext in IMAGE_EXTENSIONS:
         return inspect_image(path, min_side=min_side, max_pixels=max_pixels)

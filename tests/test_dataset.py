@@ -261,3 +261,19 @@ def test_cli_json_lists_every_file_and_exits_zero(corpus, capsys):
     assert data["report"]["counts"]["rejected"] == sum(1 for n, (s, _) in cases.items()
                                                        if s == "rejected" and not n.endswith(".txt"))
     assert dataset.main(["check", str(root / "missing")]) == 2
+
+
+def test_cli_as_a_program_with_pictures(corpus, tmp_path):
+    import subprocess
+    import sys
+
+    root, _ = corpus
+    out = subprocess.run([sys.executable, "-m", "helpers.dataset", "check", str(root), "--sheets",
+                          str(tmp_path / "sheets")], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert "rejected" in out.stdout and "truncated" in out.stdout
+    assert (tmp_path / "sheets" / "problems.png").exists() and (tmp_path / "sheets" / "resolution.png").exists()
+    bad = subprocess.run([sys.executable, "-m", "helpers.dataset", "check", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert bad.returncode == 2 and "no such folder" in bad.stderr

@@ -515,3 +515,22 @@ def test_cli(server, tmp_path, capsys):
     assert "404" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         download.main(["x/y"])  # --to or --model is required
+
+
+def test_model_from_hub_repo_and_from_url(online_hub, tiny_sd15_v_dir, tmp_path):
+    srv = online_hub
+    srv.hub["me/tiny-sd15-v"] = {str(p.relative_to(tiny_sd15_v_dir)): p.read_bytes()
+                                 for p in tiny_sd15_v_dir.rglob("*") if p.is_file()}
+    srv.hub["me/tiny-sd15-v"]["unet/diffusion_pytorch_model.bin"] = b"pickle we never fetch"
+    record = download.download_model("me/tiny-sd15-v", tmp_path / "models", "hubv", endpoint=srv.url,
+                                     progress=False)
+    assert record["kind"] == "diffusers" and record["architecture"] == "sd15"
+    assert record["prediction"] == "v_prediction"
+    assert not (tmp_path / "models" / "hubv" / "unet" / "diffusion_pytorch_model.bin").exists()
+    assert "unet/diffusion_pytorch_model.safetensors" in record["files"]
+
+    weights = (tiny_sd15_v_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    srv.files["/dl/99"] = (weights, {"Content-Disposition": 'attachment; filename="unet-only.safetensors"'})
+    record = download.download_model(srv.url + "/dl/99", tmp_path / "models", "unet", progress=False)
+    assert record["file"] == "unet-only.safetensors" and record["sha256"] == hashlib.sha256(weights).hexdigest()
+    assert record["architecture"] == "sd15"
