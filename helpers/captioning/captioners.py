@@ -89,6 +89,8 @@ class CaptionerConfig:
         "auto", help="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU", group="advanced")
     device: Literal["auto", "cuda", "cpu"] = option("auto", help="auto: the GPU when there is one",
                                                     group="advanced")
+    workers: int = option(0, help="threads decoding images ahead of the model (0: one per core, up to 8)",
+                          min=0, max=64, group="advanced")
     max_pixels: int = option(1280 * 28 * 28, help="Qwen-VL image size cap (pixels): bounds image tokens, hence "
                              "VRAM", min=4 * 28 * 28, group="advanced")
 
@@ -270,24 +272,13 @@ class CaptioningReport:
         return out
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """An image as RGB, transparency flattened on white (what captioners were trained on)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            canvas.alpha_composite(rgba)
-            return canvas.convert("RGB")
-        return im.convert("RGB")
-
-
 def caption_dataset(folder: str | os.PathLike, cfg: CaptionerConfig, cache_dir: str | os.PathLike | None = None,
                     render=None, progress: bool = True, captioner: Captioner | None = None) -> CaptioningReport:
     """Caption every image under ``folder`` into its record (under the captioner's name), then render ``.txt``."""
     from tqdm.auto import tqdm
 
     from helpers.captioning import sidecar
+    from helpers.captioning.images import iter_batches
     from helpers.dataset import list_images
 
     if captioner is None:
@@ -300,14 +291,9 @@ def caption_dataset(folder: str | os.PathLike, cfg: CaptionerConfig, cache_dir: 
     changed: dict[Path, sidecar.CaptionRecord] = {}
     started = time.perf_counter()
     with tqdm(total=len(todo), desc=f"captioning ({source})", unit="img", disable=not progress) as bar:
-        for start in range(0, len(todo), cfg.batch_size):
-            batch, pictures = [], []
-            for path in todo[start:start + cfg.batch_size]:
-                try:
-                    pictures.append(open_rgb(path))
-                    batch.append(path)
-                except Exception as exc:  # unreadable image: report it and go on with the others
-                    problems[path] = f"unreadable image ({type(exc).__name__}: {exc})"
+        for start, (batch, pictures) in zip(range(0, len(todo), cfg.batch_size),
+                                            iter_batches(todo, cfg.batch_size, lambda im: im, problems, cfg.workers
+                                                         or None), strict=True):
             if batch:
                 for path, text in zip(batch, generate_captions(captioner, pictures, cfg), strict=True):
                     record = records[path].copy()

@@ -85,6 +85,8 @@ class TaggerConfig:
     batch_size: int = option(8, help="images per onnxruntime call", min=1, max=256)
     device: Literal["auto", "cuda", "cpu"] = option("auto", help="auto: the GPU when there is one",
                                                     group="advanced")
+    workers: int = option(0, help="threads decoding images ahead of the model (0: one per core, up to 8)",
+                          min=0, max=64, group="advanced")
 
 
 # ---------------------------------------------------------------------------------------------------- model files
@@ -350,36 +352,28 @@ class TaggedImage:
 
 def iter_tag_images(tagger: Tagger, images: Sequence[Path], cfg: TaggerConfig,
                     problems: dict[Path, str] | None = None, progress: bool = True) -> Iterator[TaggedImage]:
-    """Tag ``images`` in batches; an unreadable image is recorded in ``problems`` and skipped."""
+    """Tag ``images`` in batches (decoded ahead in threads); an unreadable image is recorded in ``problems``."""
+    from functools import partial
+
     from tqdm.auto import tqdm
 
+    from helpers.captioning.images import iter_batches
+
     problems = problems if problems is not None else {}
-    bar = tqdm(total=len(images), desc="tagging", unit="img", disable=not progress)
-    try:
-        for start in range(0, len(images), cfg.batch_size):
-            chunk, arrays = [], []
-            for path in images[start:start + cfg.batch_size]:
-                try:
-                    with Image.open(path) as im:
-                        im.load()
-                        arrays.append(prepare_image(im, tagger.size))
-                    chunk.append(path)
-                except Exception as exc:  # truncated, not an image, unsupported mode: report and go on
-                    problems[path] = f"unreadable image ({type(exc).__name__}: {exc})"
-                    bar.update(1)
-            if not chunk:
-                continue
-            probs = predict_batch(tagger, arrays)
-            for path, row in zip(chunk, probs, strict=True):
-                pred = select_tags(row, tagger.table, cfg.general_threshold, cfg.character_threshold,
-                                   cfg.general_mcut, cfg.character_mcut)
-                tags = prediction_tags(pred, character_first=cfg.character_first, rating_tag=cfg.rating_tag,
-                                       undesired=cfg.undesired_tags, always_first=cfg.always_first_tags,
-                                       underscores=cfg.underscores, escape=cfg.escape_brackets)
-                yield TaggedImage(path, tags, pred)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+    with tqdm(total=len(images), desc="tagging", unit="img", disable=not progress) as bar:
+        for start, (paths, arrays) in zip(range(0, len(images), cfg.batch_size),
+                                          iter_batches(images, cfg.batch_size, partial(prepare_image, size=tagger.size),
+                                                       problems, cfg.workers or None), strict=True):
+            if paths:
+                probs = predict_batch(tagger, arrays)
+                for path, row in zip(paths, probs, strict=True):
+                    pred = select_tags(row, tagger.table, cfg.general_threshold, cfg.character_threshold,
+                                       cfg.general_mcut, cfg.character_mcut)
+                    tags = prediction_tags(pred, character_first=cfg.character_first, rating_tag=cfg.rating_tag,
+                                           undesired=cfg.undesired_tags, always_first=cfg.always_first_tags,
+                                           underscores=cfg.underscores, escape=cfg.escape_brackets)
+                    yield TaggedImage(path, tags, pred)
+            bar.update(len(images[start:start + cfg.batch_size]))
 
 
 def images_per_second(count: int, started: float) -> float:
