@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -37,7 +37,7 @@ class ExtractError(ValueError):
 class ExtractConfig:
     """Settings of one extraction (the form in notebook 05 and ``python -m helpers.lora extract``)."""
 
-    format_version = 1
+    format_version: ClassVar[int] = 1
 
     base: str = option("", help="the model the fine-tune started from (single .safetensors or diffusers folder)",
                        kind="path", label="base model")

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -29,7 +29,7 @@ from helpers.lora.formats import PRECISIONS, LoraFileError, read_lora, write_lor
 class ResizeConfig:
     """Settings of one resize (the form in notebook 05 and ``python -m helpers.lora resize``)."""
 
-    format_version = 1
+    format_version: ClassVar[int] = 1
 
     source: str = option("", help="the LoRA to resize (.safetensors)", kind="path", label="LoRA file")
     out: str = option("", help="where to write the result; empty: beside the source, named after the rank",
