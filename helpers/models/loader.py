@@ -245,8 +245,8 @@ def load_model(source: str | os.PathLike, *, arch: str | None = None, prediction
             raise CheckpointError(f"{path}: has no {', '.join(absent)}; a full {ck.arch} model is needed "
                                   "(this may be a U-Net-only file)")
         pred = prediction or ck.prediction
+        tokenizers = load_tokenizers(ck, tokenizers_from)  # first: an offline tokenizer problem fails in seconds
         models = {c: load_component(ck, c, dtype=dtype, device=device) for c in want}
-        tokenizers = load_tokenizers(ck, tokenizers_from)
         scheduler = load_noise_scheduler(ck, pred)
         return ModelBundle(arch=ck.arch, prediction=pred, unet=models["unet"], vae=models["vae"],
                            text_encoders=[models[c] for c in want[2:]], tokenizers=tokenizers,
