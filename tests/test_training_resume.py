@@ -123,6 +123,8 @@ def test_resume_with_changed_config_says_so(tiny_sd15_dir, tmp_path, capsys):
     cfg = load_config(TrainConfig, run / "config.toml")
     cfg.epochs = 1
     train(cfg, run, show_progress=False)
+    with pytest.raises(TrainingError, match="already holds training state"):
+        train(cfg, run, show_progress=False)  # a fresh start never mixes with an earlier run's state
     cfg.optimizer.learning_rate = 2e-3
     cfg.data.num_workers = 1  # does not change the computation: not reported
     train(cfg, run, resume="latest", show_progress=False)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from helpers.config import ConfigError, load_config, save_config, validate
-    from helpers.models.checkpoint import CheckpointError
+    from helpers.models import CheckpointError, DiskSpaceError
     from helpers.training.checkpoints import SaveError
     from helpers.training.config import TrainConfig
     from helpers.training.data import DataError
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(cfg, run_dir, resume=args.resume, models_dir=ws.models if ws else None,
                        cache_dir=ws.cache if ws else None, show_progress=show)
-    except (DataError, TrainingError, SaveError, CheckpointError, ConfigError) as exc:
+    except (DataError, TrainingError, SaveError, CheckpointError, DiskSpaceError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"done: {result['steps']} steps, model: {result['final']}")

@@ -56,6 +56,9 @@ def train(cfg: TrainConfig, run_root: Path, *, resume: str | None = None, models
 
 def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_dir) -> dict:
     p, o, device = cfg.precision, cfg.optimizer, accelerator.device
+    if not resume and ckpt.find_latest_state(run_root / "state"):
+        raise TrainingError(f"{run_root} already holds training state from an earlier start: continue it with "
+                            "--resume latest, or train into a new run folder (nothing was overwritten)")
     torch.manual_seed(cfg.seed)
     # 1. Load the base model; the family adapter hides SDXL/SD 1.5 differences from this loop
     monitor.update(force=True, state="loading")
