@@ -16,7 +16,11 @@ from helpers.workspace import Workspace, default_root
 # (label, module, function) in pipeline order; each function takes the Workspace and returns {what: where}.
 STAGES: list[tuple[str, str, str]] = [
     ("base model", "helpers.demo", "prepare_base_model"),
+    ("models", "helpers.models.__main__", "run_demo"),
     ("dataset in", "helpers.dataset", "run_demo"),
+    ("captioning", "helpers.captioning", "run_demo"),
+    ("training", "helpers.training", "run_demo"),
+    ("lora", "helpers.lora.demo", "run_demo"),
 ]
 
 
