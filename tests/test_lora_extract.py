@@ -201,3 +201,20 @@ def test_clamp_quantile_costs_fidelity(sdxl_pair, tmp_path):
     plain = extract_lora(base, tuned, tmp_path / "a.safetensors", rank=8, progress=False)
     clamped = extract_lora(base, tuned, tmp_path / "b.safetensors", rank=8, clamp_quantile=0.99, progress=False)
     assert clamped["overall"]["kept_energy"] < plain["overall"]["kept_energy"]
+
+
+def test_precision_only_differences_are_not_extracted(tiny_sdxl_dir, tmp_path):
+    """A tuned model saved in bf16 differs from an fp32 base everywhere by rounding: that is not a change."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    tuned = make_tuned_copy(tiny_sdxl_dir, tmp_path / "t", ("unet",))
+    for f in (tuned / "text_encoder").glob("*.safetensors"):
+        save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(f)).items()}, str(f))
+    res = extract_lora(tiny_sdxl_dir, tuned, tmp_path / "a.safetensors", rank=4, progress=False)
+    te1 = res["components"]["te1"]
+    assert te1["extracted"] == 0 and te1["max_abs_change"] > 1e-6
+    assert all("rounding" in m["skipped"] for m in res["modules"] if m["component"] == "te1")
+    assert "only by float rounding" in te1["status"]
+    assert res["components"]["unet"]["extracted"] == res["components"]["unet"]["layers"]

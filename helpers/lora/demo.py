@@ -68,7 +68,9 @@ def _demo_pair(ws) -> tuple[Path, Path, str]:
     checkpoints = ws.run("demo").checkpoints
     found = sorted(checkpoints.glob("*.safetensors"), key=lambda p: p.stat().st_mtime) if checkpoints.is_dir() else []
     if found:
-        return base, found[-1], f"tuned = training run 'demo' ({found[-1].name})"
+        from helpers.lora.notebook import run_base
+
+        return run_base(ws, found[-1]) or base, found[-1], f"tuned = training run 'demo' ({found[-1].name})"
     stand_in = ws.cache / "lora-demo" / ("tuned-" + base.name)
     if stand_in.exists():
         shutil.rmtree(stand_in) if stand_in.is_dir() else stand_in.unlink()

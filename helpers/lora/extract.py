@@ -77,6 +77,16 @@ class ExtractConfig:
         return problems
 
 
+def rounding_eps(a: torch.dtype, b: torch.dtype) -> float:
+    """Relative spacing of the coarser of two float dtypes (0 when both are float32 or finer).
+
+    A layer whose every change is within this fraction of its weight only differs by saving in another
+    precision (an fp16 base against a bf16 fine-tune differs *everywhere* by ~0.4 %): nothing to extract.
+    """
+    coarse = [torch.finfo(d).eps for d in (a, b) if d.is_floating_point and torch.finfo(d).bits < 32]
+    return max(coarse, default=0.0)
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -163,7 +173,8 @@ def extract_lora(base: str | os.PathLike, tuned: str | os.PathLike, out: str | o
         for t in bar:
             comp = components.setdefault(t.component, {"layers": 0, "extracted": 0, "skipped": 0,
                                                        "max_abs_change": 0.0, "delta_energy": 0.0,
-                                                       "weight_energy": 0.0, "missing_in_tuned": 0})
+                                                       "weight_energy": 0.0, "missing_in_tuned": 0,
+                                                       "rounding_only": 0})
             comp["layers"] += 1
             row = {"name": t.lora_name, "component": t.component, "module": t.module, "shape": list(t.shape)}
             modules.append(row)
@@ -181,6 +192,8 @@ def extract_lora(base: str | os.PathLike, tuned: str | os.PathLike, out: str | o
             max_abs = float(delta.abs().max()) if delta.numel() else 0.0
             energy = float(delta.double().pow(2).sum())
             w_energy = float(w.double().pow(2).sum())
+            eps = rounding_eps(base_ck.dtype(t.component, t.weight_key), tuned_ck.dtype(t.component, t.weight_key))
+            rounding_only = max_abs > 0 and eps > 0 and bool((delta.abs() <= eps * w.abs()).all())
             del w
             comp["max_abs_change"] = max(comp["max_abs_change"], max_abs)
             comp["delta_energy"] += energy
@@ -188,9 +201,11 @@ def extract_lora(base: str | os.PathLike, tuned: str | os.PathLike, out: str | o
             row.update(max_abs_change=max_abs, relative_change=math.sqrt(energy / w_energy) if w_energy else 0.0,
                        delta_energy=energy)
             threshold = min_diff if t.component == "unet" else te_min_diff
-            if max_abs <= threshold:
+            if max_abs <= threshold or rounding_only:
                 comp["skipped"] += 1
-                row["skipped"] = f"unchanged (max |change| {max_abs:.3g} <= {threshold:g})"
+                comp["rounding_only"] += int(max_abs > threshold)
+                row["skipped"] = (f"unchanged (max |change| {max_abs:.3g} <= {threshold:g})" if max_abs <= threshold
+                                  else "unchanged (differences are only float rounding between the two files' dtypes)")
                 continue
             comp["extracted"] += 1
             layer_rank = conv_rank if t.is_conv3x3 else rank

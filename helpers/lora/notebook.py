@@ -31,7 +31,7 @@ def list_base_models(ws) -> list[Path]:
             and (p.suffix == ".safetensors" or (p / "model_index.json").exists() or (p / "unet").is_dir())]
 
 
-def _run_base(ws, checkpoint: Path) -> Path | None:
+def run_base(ws, checkpoint: Path) -> Path | None:
     """The base model recorded in the checkpoint's run config, resolved against the workspace."""
     config = checkpoint.parent.parent / "config.toml"
     try:
@@ -48,7 +48,7 @@ def suggest_extract_config(ws, rank: int = 128) -> ExtractConfig:
     """Newest training checkpoint as tuned, its run's base (or the first workspace model) as base."""
     checkpoints = list_checkpoints(ws)
     tuned = checkpoints[0] if checkpoints else None
-    base = (_run_base(ws, tuned) if tuned else None) or next(iter(list_base_models(ws)), None)
+    base = (run_base(ws, tuned) if tuned else None) or next(iter(list_base_models(ws)), None)
     out = ""
     if tuned is not None:
         out = str(ws.exports / f"{tuned.parent.parent.name}-{tuned.stem}-lora-r{rank}.safetensors")

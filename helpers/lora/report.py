@@ -74,6 +74,9 @@ def component_status(name: str, comp: dict, te_min_diff: float, nearly_unchanged
     comp["relative_change"] = rel
     if comp.get("missing_in_tuned") == comp["layers"]:
         return f"{label}: not in the tuned model, so not in the LoRA"
+    if comp["extracted"] == 0 and comp.get("rounding_only"):
+        return (f"{label}: differs from the base only by float rounding (the files were saved in different "
+                "precisions), so it is NOT in the LoRA")
     if comp["extracted"] == 0:
         return (f"{label}: unchanged (largest change {comp['max_abs_change']:.3g} <= min diff "
                 f"{te_min_diff if name != 'unet' else 'threshold'}), so it is NOT in the LoRA"
