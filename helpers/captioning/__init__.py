@@ -8,8 +8,14 @@ Submodules (import what you need; heavy libraries load lazily):
 - ``sidecar``: per-image caption records (tags and captions kept apart) and the ``.txt`` rendered from them;
 - ``booru``: Kohaku XL-style captions from gallery-dl Danbooru metadata, aesthetic-score quality tags;
 - ``captioners``: Florence-2 / BLIP / VLM natural-language captions with transformers;
-- ``curation``: trigger words, bulk tag edits, tag frequency table, caption editor grid;
+- ``curation``: trigger words, remove / replace / dedupe / sort tags, the tag frequency table;
+- ``editor``: notebook widgets: the caption editor grid and the tag table with bulk actions (undo buttons);
+- ``images``: decoding dataset images ahead of the models in worker threads;
+- ``notebook``: what notebook 03's cells call (copes with empty workspaces);
 - ``demo``: ``run_demo(ws)`` for ``python -m helpers demo``.
+
+Per image, tags and natural-language captions live apart in ``<stem>.captions.json`` and the ``.txt`` that
+trainers read is rendered from them (format documented in ``sidecar``).
 
 CLI: ``python -m helpers.captioning --help``.
 """
