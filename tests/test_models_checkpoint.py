@@ -98,6 +98,10 @@ def test_pickle_refused_unless_allowed(sdxl_file, tmp_path):
     torch.save({"state_dict": load_file(str(sdxl_file)), "global_step": 1}, ckpt)
     with pytest.raises(CheckpointError, match="pickle.*arbitrary code.*safetensors.*allow_pickle=True"):
         open_checkpoint(ckpt)
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CheckpointError, match="could not read this pickle checkpoint"):
+        open_checkpoint(broken, allow_pickle=True)
     ck = open_checkpoint(ckpt, allow_pickle=True)
     reference = open_checkpoint(sdxl_file)
     assert ck.arch == "sdxl" and ck.components() == reference.components()

@@ -3,6 +3,7 @@ bit-identical; the key set of real-size models is the original one; writes are a
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import shutil
@@ -129,6 +130,13 @@ def test_atomic_write_keeps_previous_file(tmp_path, monkeypatch):
                                           "b": ((2,), torch.float32, boom)})
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp left behind
+
+    def disk_full():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(export.DiskSpaceError, match="disk filled while writing .* needs .* previous file is untouched"):
+        export.write_safetensors(target, {"a": ((2,), torch.float32, disk_full)})
+    assert target.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
     with pytest.raises(export.DiskSpaceError, match=r"needs .* GiB, .* free"):

@@ -209,9 +209,10 @@ def _refuse_pickle(path: Path) -> CheckpointError:
 
 def _load_pickle(path: Path) -> _TensorDict:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(f"{path}: could not read this pickle checkpoint ({exc}); re-download it") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
