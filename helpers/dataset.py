@@ -296,10 +296,24 @@ def inspect_image(path: str | os.PathLike, *, min_side: int = DEFAULT_MIN_SIDE,
     if min(check.width or 0, check.height or 0) < min_side:
         check.add("too_small", f"{check.width}x{check.height}, minimum side {min_side}")
     try:
-        check.phash = perceptual_hash(ImageOps.exif_transpose(_first_frame_rgb(img, (255, 255, 255))))
+        check.phash = perceptual_hash(ImageOps.exif_transpose(_first_frame_rgb(_reduced(img), (255, 255, 255))))
     except Exception:  # a hash is a convenience; the checks above already decided the status
         check.phash = None
     return check
+
+
+def _reduced(img: Image.Image, target: int = 128) -> Image.Image:
+    """A box-downscaled copy with a shorter side near ``target`` (hashing a 1536 px image costs 10x more)."""
+    factor = min(img.size) // target
+    if factor < 2:
+        return img
+    try:
+        small = img.reduce(factor)
+    except (ValueError, NotImplementedError):  # modes the C reducer does not handle (P, 1, I;16...)
+        return img
+    small.info = dict(img.info)
+    small.getexif().update(img.getexif())  # keep the orientation so the hash sees the picture upright
+    return small
 
 
 def _first_frame_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
