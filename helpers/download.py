@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import email.message
+import errno
 import hashlib
 import http.client
 import json
@@ -211,7 +212,6 @@ def download_url(url: str, dest: str | os.PathLike, *, sha256: str | None = None
     file changed on the server restarts instead of being spliced). A dropped connection is retried ``retries``
     times from where it stopped. ``dest`` already complete (right size / sha256) is reused without a request.
     """
-    from tqdm.auto import tqdm
 
     dest = Path(dest)
     headers = dict(headers or {})
@@ -272,9 +272,13 @@ def download_url(url: str, dest: str | os.PathLike, *, sha256: str | None = None
                 elif status == 206:
                     content_range = resp.headers.get("Content-Range", "")
                     m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", content_range)
-                    if not m or int(m.group(1)) != offset:
+                    if not m or int(m.group(1)) != offset:  # not the range asked for: start over, a few times
                         part.unlink(missing_ok=True)
                         meta = {}
+                        attempt += 1
+                        if attempt > retries:
+                            raise DownloadError(f"{url}: the server answers range requests wrongly "
+                                                f"({content_range!r}); download it with another tool")
                         continue
                 length = resp.headers.get("Content-Length")
                 total = offset + int(length) if length and length.isdigit() else None
@@ -300,28 +304,20 @@ def download_url(url: str, dest: str | os.PathLike, *, sha256: str | None = None
                 meta = {"url": url, "etag": resp.headers.get("ETag"), "last_modified":
                         resp.headers.get("Last-Modified"), "total": total, "name": name}
                 write_text_atomic(meta_path, json.dumps(meta))
-                mode = "ab" if offset else "wb"
                 try:
-                    with open(part, mode) as fh, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                                      unit_divisor=1024, desc=name, disable=not progress) as bar:
-                        if first:
-                            fh.write(first)
-                            bar.update(len(first))
-                        while chunk := resp.read(CHUNK):
-                            fh.write(chunk)
-                            bar.update(len(chunk))
-                except OSError as exc:
-                    if exc.errno == 28:  # ENOSPC
-                        raise DownloadError(f"disk full while writing {part}: free space, then run the same "
-                                            "download again; it resumes from what is already there") from None
-                    raise
-                except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+                    _stream_body(resp, part, first, offset, total, name, progress)
+                except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:  # before OSError: subclasses
                     if attempt < retries:
                         attempt += 1
                         time.sleep(min(30, 2 ** attempt) / 4)
                         continue
                     raise DownloadError(f"{url}: the connection dropped {attempt + 1} times ({exc}); run the same "
                                         f"download again to resume from {part.stat().st_size} bytes") from None
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise DownloadError(f"disk full while writing {part}: free space, then run the same "
+                                            "download again; it resumes from what is already there") from None
+                    raise
         got = part.stat().st_size
         total = meta.get("total")
         if total is not None and got < total:
@@ -345,6 +341,20 @@ def download_url(url: str, dest: str | os.PathLike, *, sha256: str | None = None
     os.replace(part, target)
     meta_path.unlink(missing_ok=True)
     return target
+
+
+def _stream_body(resp, part: Path, first: bytes, offset: int, total: int | None, name: str, progress: bool) -> None:
+    """Append the response body to ``part`` (after the ``first`` bytes already read), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    with open(part, "ab" if offset else "wb") as fh, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
+                                                          unit_divisor=1024, desc=name, disable=not progress) as bar:
+        if first:
+            fh.write(first)
+            bar.update(len(first))
+        while chunk := resp.read(CHUNK):
+            fh.write(chunk)
+            bar.update(len(chunk))
 
 
 def _complete(path: Path, size: int | None, sha256: str | None) -> bool:

@@ -60,6 +60,7 @@ class Server(http.server.ThreadingHTTPServer):
         self.files: dict[str, tuple[bytes, dict[str, str]]] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.drop_first: set[str] = set()  # paths whose first GET stops half way
+        self.reset_first: set[str] = set()  # paths whose first GET is reset (TCP RST) half way
         self.no_range: set[str] = set()
         self.status: dict[str, int] = {}
         self.redirects: dict[str, str] = {}
@@ -82,7 +83,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self._serve(head=False)
 
-    def _send(self, code: int, body: bytes, headers: dict[str, str], head: bool, cut: bool = False):
+    def _send(self, code: int, body: bytes, headers: dict[str, str], head: bool, cut: bool = False,
+              reset: bool = False):
         self.send_response(code)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -91,7 +93,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         if not head:
-            self.wfile.write(body[: len(body) // 2] if cut else body)
+            self.wfile.write(body[: len(body) // 2] if cut or reset else body)
+            if reset:
+                import socket
+                import struct as st
+
+                self.wfile.flush()
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, st.pack("ii", 1, 0))
+                self.close_connection = True
+                return
             if cut:
                 self.wfile.flush()
                 self.close_connection = True
@@ -121,9 +131,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._send(206, body[start:], {**headers, "Content-Range":
                                                   f"bytes {start}-{len(body) - 1}/{len(body)}"}, head)
         cut = self.command == "GET" and path in srv.drop_first
-        if cut:
+        reset = self.command == "GET" and path in srv.reset_first
+        if cut or reset:  # only the first GET misbehaves
             srv.drop_first.discard(path)
-        return self._send(200, body, headers, head, cut=cut)
+            srv.reset_first.discard(path)
+        return self._send(200, body, headers, head, cut=cut, reset=reset)
 
     def _serve_hub(self, path: str, head: bool):
         srv: Server = self.server
@@ -209,6 +221,32 @@ def test_download_resumes_after_dropped_connection(server, tmp_path):
     n = len(server.requests)
     assert download_url(server.url + "/model.safetensors", tmp_path, sha256=digest, progress=False) == got
     assert [m for m, _, _ in server.requests[n:]].count("GET") <= 1 and not (tmp_path / "model (1).safetensors").exists()
+
+
+def test_connection_reset_resumes(server, tmp_path):
+    server.files["/r.bin"] = (PAYLOAD, {})
+    server.reset_first.add("/r.bin")
+    got = download_url(server.url + "/r.bin", tmp_path / "r.bin", progress=False)
+    assert got.read_bytes() == PAYLOAD
+    assert sum(1 for m, p, _ in server.requests if m == "GET") == 2
+
+
+def test_disk_full_while_writing_keeps_the_part(server, tmp_path, monkeypatch):
+    import errno
+
+    server.files["/f.bin"] = (PAYLOAD, {})
+
+    def full(resp, part, first, *args):
+        part.write_bytes(first)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download, "_stream_body", full)
+    with pytest.raises(DownloadError, match="disk full.*resumes"):
+        download_url(server.url + "/f.bin", tmp_path, progress=False)
+    monkeypatch.undo()
+    assert next(tmp_path.glob(".download-*.part")).stat().st_size > 0
+    assert download_url(server.url + "/f.bin", tmp_path, progress=False).read_bytes() == PAYLOAD
+    assert server.requests[-1][2].get("range")  # the second run resumed
 
 
 def test_resume_from_earlier_run_and_server_without_range(server, tmp_path):
