@@ -136,3 +136,37 @@ def test_other_architecture_file_is_named(tmp_path):
     save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(2, 2)}, str(path))
     with pytest.raises(CheckpointError, match="SD3/Flux"):
         open_checkpoint(path)
+
+
+def test_sharded_and_variant_diffusers_folders(tiny_sd15_dir, tmp_path):
+    """Hub folders come sharded (index.json + shards) and/or as variants (.fp16.); the plain set wins."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "sharded"
+    shutil.copytree(tiny_sd15_dir, folder)
+    unet_file = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(unet_file))
+    names = sorted(state)
+    halves = {"diffusion_pytorch_model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "diffusion_pytorch_model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for shard, keys in halves.items():
+        save_file({k: state[k] for k in keys}, str(folder / "unet" / shard))
+    weight_map = {k: shard for shard, keys in halves.items() for k in keys}
+    (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    # a half-precision variant beside it must not be picked
+    save_file({k: v.half() for k, v in state.items()}, str(folder / "unet" / "diffusion_pytorch_model.fp16.safetensors"))
+    (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: "diffusion_pytorch_model.fp16.safetensors" for k in names}}))
+    unet_file.unlink()
+    ck = open_checkpoint(folder)
+    assert sorted(ck.keys("unet")) == names
+    assert all(torch.equal(ck.get("unet", k), state[k]) for k in names)
+
+    variant_only = tmp_path / "variant"
+    shutil.copytree(tiny_sd15_dir, variant_only)
+    v = variant_only / "vae" / "diffusion_pytorch_model.safetensors"
+    v.rename(v.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    assert open_checkpoint(variant_only).components() == ["unet", "vae", "te1"]

@@ -153,6 +153,11 @@ def test_bad_arguments_are_named(tiny_sd15_dir, tmp_path):
         export.save_single_file(*args, tmp_path / "m.ckpt", arch="sd15")
     with pytest.raises(ValueError, match="2 text encoder"):
         export.save_single_file(*args, tmp_path / "m.safetensors", arch="sdxl")
+    unet = dict(pipe.unet.state_dict())
+    unet["mid_block.attentions.0.proj_in.base_layer.weight"] = unet.pop("mid_block.attentions.0.proj_in.weight")
+    with pytest.raises(ValueError, match="unet still has LoRA/adapter layers .*merge them"):
+        export.save_single_file(unet, pipe.vae, [pipe.text_encoder], tmp_path / "m.safetensors", arch="sd15")
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_save_diffusers_round_trip(tiny_sd15_v_dir, tmp_path):

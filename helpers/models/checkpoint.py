@@ -356,8 +356,9 @@ def _refs_from_original(keys: list[str], arch: Arch, source: int) -> tuple[dict[
 
 def _component_weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     """The weight file(s) of one diffusers component folder (sharded, variant or plain)."""
-    for index in sorted(folder.glob("*.safetensors.index.json")):
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+    indexes = sorted(folder.glob("*.safetensors.index.json"), key=lambda f: (f.name.count("."), f.name))
+    if indexes:  # sharded; the plain index (fewest dots) before variants like .fp16.
+        weight_map = json.loads(indexes[0].read_text(encoding="utf-8")).get("weight_map", {})
         return [folder / name for name in sorted(set(weight_map.values()))]
     files = sorted(folder.glob("*.safetensors"))
     plain = [f for f in files if f.name.count(".") == 1]  # model.safetensors, not model.fp16.safetensors
@@ -368,7 +369,8 @@ def _component_weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
         if not allow_pickle:
             raise _refuse_pickle(pickles[0])
         return pickles[:1]
-    raise CheckpointError(f"{folder}: no weights found (expected *.safetensors): the download is incomplete")
+    raise CheckpointError(f"{folder}: no weights found (expected *.safetensors): the download is incomplete, or "
+                          "the repo only offers pickle .bin weights, which are not fetched for safety")
 
 
 def _open_source(path: Path, allow_pickle: bool):

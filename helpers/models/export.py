@@ -148,6 +148,11 @@ def plan_original_layout(unet: dict[str, torch.Tensor], vae: dict[str, torch.Ten
     expected_tes = 2 if arch == "sdxl" else 1
     if len(text_encoders) != expected_tes:
         raise ValueError(f"{arch} needs {expected_tes} text encoder(s), got {len(text_encoders)}")
+    for part, state in [("unet", unet), ("vae", vae)] + [(f"te{i + 1}", s) for i, s in enumerate(text_encoders)]:
+        injected = next((k for k in state if ".base_layer." in k or ".lora_A." in k or ".lora_down." in k), None)
+        if injected:  # adapter layers would be written as junk keys no client understands
+            raise ValueError(f"{part} still has LoRA/adapter layers ({injected}); merge them into the weights "
+                             "(e.g. fuse_lora / merge_and_unload) before saving a full checkpoint")
     plan: dict[str, tuple[tuple[int, ...], torch.dtype, TensorSource]] = {}
 
     def cast_to(t: torch.Tensor) -> torch.dtype:
