@@ -177,3 +177,16 @@ def test_caption_editor_and_tag_table_widgets_save_and_undo(tmp_path):
     assert read_caption(images[0]) == "1girl, smile"
     table.guard(lambda: table.apply("remove"))  # nothing ticked: an error shown in the panel, not raised
     assert "tick at least one tag" in table.status.value
+
+
+def test_edit_writer_saves_in_chunks_and_undoes_them_all(tmp_path):
+    images = _images(tmp_path / "ds", 5)
+    writer = S.EditWriter(S.RenderConfig(), every=2)
+    for image in images:
+        writer.add(image, rec(["sks"], "a photo"))
+        if image == images[1]:
+            assert read_caption(images[0]) == "a photo, sks"  # the first chunk is on disk already
+    writer.flush()
+    assert writer.count == 5 and len(writer.edits) == 3 and len(writer.backup_dirs) == 6
+    S.undo_edit(writer)
+    assert not any(caption_path(p).exists() or caption_path(p, S.SIDECAR_EXT).exists() for p in images)

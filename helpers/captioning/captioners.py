@@ -288,7 +288,7 @@ def caption_dataset(folder: str | os.PathLike, cfg: CaptionerConfig, cache_dir: 
     records, problems = sidecar.load_records(images)
     todo = [p for p in images if p in records and not (cfg.skip_captioned and source in records[p].captions)]
     report = CaptioningReport(source, captioner.device, skipped=len(records) - len(todo), problems=problems)
-    changed: dict[Path, sidecar.CaptionRecord] = {}
+    writer = sidecar.EditWriter(render)
     started = time.perf_counter()
     with tqdm(total=len(todo), desc=f"captioning ({source})", unit="img", disable=not progress) as bar:
         for start, (batch, pictures) in zip(range(0, len(todo), cfg.batch_size),
@@ -299,12 +299,12 @@ def caption_dataset(folder: str | os.PathLike, cfg: CaptionerConfig, cache_dir: 
                     record = records[path].copy()
                     record.set_caption(source, text)
                     record.sources[f"caption:{source}"] = captioner.name
-                    changed[path] = record
+                    writer.add(path, record)
             bar.update(len(todo[start:start + cfg.batch_size]))
     elapsed = time.perf_counter() - started
-    report.captioned = len(changed)
-    report.images_per_second = len(changed) / elapsed if elapsed > 0 else 0.0
-    if changed:
-        report.edit = sidecar.apply_edit(changed, render)
-        report.problems.update(report.edit.problems)
+    writer.flush()
+    report.captioned = writer.count
+    report.images_per_second = writer.count / elapsed if elapsed > 0 else 0.0
+    report.edit = writer if writer.edits else None
+    report.problems.update(writer.problems)
     return report

@@ -286,7 +286,36 @@ def apply_edit(records: dict[Path, CaptionRecord], render: RenderConfig | None =
     return result
 
 
-def undo_edit(result: EditResult | list[str | os.PathLike], force: bool = False) -> list[UndoResult]:
-    """Reverse an edit (the ``.txt`` files first, then the sidecars), from the result or its backup folders."""
-    dirs = result.backup_dirs if isinstance(result, EditResult) else [Path(p) for p in result]
+class EditWriter:
+    """Saves records as a long job produces them, ``every`` images at a time, so a crash loses at most one chunk
+    (a re-run skips what was saved). Each chunk is one ``apply_edit``; ``undo_edit(writer)`` reverses them all."""
+
+    def __init__(self, render: RenderConfig | None, every: int = 256):
+        self.render, self.every = render, every
+        self.pending: dict[Path, CaptionRecord] = {}
+        self.edits: list[EditResult] = []
+        self.problems: dict[Path, str] = {}
+        self.count = 0
+
+    def add(self, image: Path, record: CaptionRecord) -> None:
+        self.pending[image] = record
+        self.count += 1
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            edit = apply_edit(self.pending, self.render)
+            self.edits.append(edit)
+            self.problems.update(edit.problems)
+            self.pending = {}
+
+    @property
+    def backup_dirs(self) -> list[Path]:
+        return [d for edit in self.edits for d in edit.backup_dirs]
+
+
+def undo_edit(result: EditResult | EditWriter | list[str | os.PathLike], force: bool = False) -> list[UndoResult]:
+    """Reverse an edit (newest files first: ``.txt`` before sidecars), from the result or its backup folders."""
+    dirs = result.backup_dirs if hasattr(result, "backup_dirs") else [Path(p) for p in result]
     return [undo_changes(d, force=force) for d in reversed(dirs)]

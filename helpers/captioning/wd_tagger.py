@@ -79,8 +79,9 @@ class TaggerConfig:
     escape_brackets: bool = option(False, help="write \\( \\) for A1111 prompt syntax (leave off for training "
                                    "captions)", group="advanced")
     mode: Literal["overwrite", "append", "prepend"] = option("overwrite", help="what to do with tags an image "
-                                                              "already has: replace them, or add the new ones "
-                                                              "after / before them")
+                                                              "already has: replace them (a trigger word too: add "
+                                                              "it again after), or add the new ones after / "
+                                                              "before them")
     skip_tagged: bool = option(True, help="skip images that already have tags (untick to tag them again)")
     batch_size: int = option(8, help="images per onnxruntime call", min=1, max=256)
     device: Literal["auto", "cuda", "cpu"] = option("auto", help="auto: the GPU when there is one",
@@ -392,7 +393,7 @@ class TaggingReport:
     skipped: int = 0
     images_per_second: float = 0.0
     problems: dict[Path, str] = field(default_factory=dict)
-    edit: object = None  # sidecar.EditResult
+    edit: object = None  # sidecar.EditWriter: what was written, for undo
 
     def summary(self) -> dict[str, object]:
         out = {"tagger": self.tagger, "providers": self.providers, "tagged": self.tagged, "skipped": self.skipped,
@@ -431,7 +432,7 @@ def tag_dataset(folder: str | os.PathLike, cfg: TaggerConfig, models_dir: str | 
     records, problems = sidecar.load_records(images)
     todo = [p for p in images if p in records and not (cfg.skip_tagged and records[p].tags)]
     report = TaggingReport(tagger.name, tagger.providers, skipped=len(records) - len(todo), problems=problems)
-    changed: dict[Path, sidecar.CaptionRecord] = {}
+    writer = sidecar.EditWriter(render)
     started = time.perf_counter()
     for item in iter_tag_images(tagger, todo, cfg, problems, progress):
         record = records[item.image].copy()
@@ -443,10 +444,10 @@ def tag_dataset(folder: str | os.PathLike, cfg: TaggerConfig, models_dir: str | 
         record.scores = scores if cfg.mode == "overwrite" else {**record.scores, **scores}
         record.rating = item.prediction.rating
         record.sources["tags"] = tagger.name
-        changed[item.image] = record
-    report.tagged = len(changed)
-    report.images_per_second = images_per_second(len(changed), started)
-    if changed:
-        report.edit = sidecar.apply_edit(changed, render)
-        report.problems.update(report.edit.problems)
+        writer.add(item.image, record)
+    writer.flush()
+    report.tagged = writer.count
+    report.images_per_second = images_per_second(writer.count, started)
+    report.edit = writer if writer.edits else None
+    report.problems.update(writer.problems)
     return report
