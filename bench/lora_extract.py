@@ -96,7 +96,7 @@ def phase_make(folder: Path, size: str) -> dict:
                                 torch.float16)
     changed_prefixes = tuple(p for c, p in keymap.component_prefixes("sdxl").items() if c != "vae")
     for name, tuned in (("base", False), ("tuned", True)):
-        lazy = {k: (shape, dtype, (lambda k=k, shape=shape: make_tensor(k, shape, tuned, k.startswith(changed_prefixes))))
+        lazy = {k: (shape, dtype, (lambda k=k, shape=shape, tuned=tuned: make_tensor(k, shape, tuned, k.startswith(changed_prefixes))))
                 for k, (shape, dtype, _) in plan.items()}
         write_safetensors(folder / f"{name}.safetensors", lazy, modelspec_metadata("sdxl", "epsilon", name),
                           progress=f"writing {name}")

@@ -205,7 +205,6 @@ def test_clamp_quantile_costs_fidelity(sdxl_pair, tmp_path):
 
 def test_precision_only_differences_are_not_extracted(tiny_sdxl_dir, tmp_path):
     """A tuned model saved in bf16 differs from an fp32 base everywhere by rounding: that is not a change."""
-    import shutil
 
     from safetensors.torch import load_file, save_file
 

@@ -31,7 +31,7 @@ def test_default_solver_kept_energy_matches_exact_svd(shape, rank, alpha, noise)
     mats = torch.stack([spectrum_matrix(*shape, alpha, noise, seed) for seed in range(3)])
     exact = svd.factorise_batch(mats, rank, solver="exact")
     fast = svd.factorise_batch(mats, rank, solver="gram")
-    for e, f in zip(exact, fast):
+    for e, f in zip(exact, fast, strict=True):
         assert abs(e.kept - f.kept) < 1e-3
         assert f.up.shape == (shape[0], rank) and f.down.shape == (rank, shape[1])
 
@@ -42,7 +42,7 @@ def test_randomized_solver_matches_exact_on_low_rank_deltas(shape, rank):
     mats = torch.stack([low_rank_plus_noise(*shape, rank // 2, 0.3, seed) for seed in range(2)])
     exact = svd.factorise_batch(mats, rank, solver="exact")
     rand = svd.factorise_batch(mats, rank, solver="randomized")
-    for e, r in zip(exact, rand):
+    for e, r in zip(exact, rand, strict=True):
         assert abs(e.kept - r.kept) < 1e-3, (e.kept, r.kept)
 
 

@@ -118,7 +118,7 @@ def _flush(pending: list[_Pending], device: torch.device, solver: str, clamp_qua
         results = svd.factorise_batch(stack, rank, solver=solver, clamp_quantile=clamp_quantile,
                                       out_dtype=out_dtype)
         del stack
-        for p, f in zip(items, results):
+        for p, f in zip(items, results, strict=True):
             t = p.target
             k = f.up.shape[1]
             up, down = f.up, f.down

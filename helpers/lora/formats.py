@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.models.checkpoint import CheckpointError, PICKLE_SUFFIXES, read_safetensors_header
+from helpers.models.checkpoint import PICKLE_SUFFIXES, CheckpointError, read_safetensors_header
 
 SUFFIXES = {
     "lora": ("lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha", "dora_scale"),

@@ -34,6 +34,20 @@ def _configs_of(base) -> dict | None:
     return out or None
 
 
+def _tensor_source(load, component: str, names: list[str], kind: str):
+    """A no-argument function producing one original-layout tensor from its diffusers-named part(s)."""
+    def make() -> torch.Tensor:
+        if kind == "stack":
+            return torch.cat([load(component, n) for n in names], 0)
+        t = load(component, names[0])
+        if kind == "transpose":
+            return t.T
+        if kind == "conv1x1":
+            return t[:, :, None, None]
+        return t
+    return make
+
+
 def resolve_modules(lora, base) -> dict[str, naming.Target]:
     """LoRA module name -> base-model target; raises LoraFileError naming modules the base does not have."""
     if lora.arch and lora.arch != base.arch:
@@ -81,7 +95,7 @@ def merge_lora(base: str | os.PathLike, lora: str | os.PathLike | list, out: str
     # (component, weight key) -> [(module, strength)]
     changes: dict[tuple[str, str], list] = {}
     counts = []
-    for path, s in zip(paths, strengths):
+    for path, s in zip(paths, strengths, strict=True):
         lf = read_lora(path, allow_pickle=allow_pickle)
         resolved = resolve_modules(lf, ck)
         for name, target in resolved.items():
@@ -94,7 +108,7 @@ def merge_lora(base: str | os.PathLike, lora: str | os.PathLike | list, out: str
         if not mods:
             return t
         w = t.float()
-        for module, s, target in mods:
+        for module, s, _target in mods:
             w = w + s * module.delta(tuple(w.shape))
         return w
 
@@ -109,14 +123,15 @@ def merge_lora(base: str | os.PathLike, lora: str | os.PathLike | list, out: str
         if component is None or key.endswith("logit_scale"):
             continue  # constants the plan makes itself (v_pred marker, OpenCLIP logit scale)
         names = keymap.key_to_diffusers(component, key, ck.arch)
-        if len(names) == 3:  # TE2 in_proj: q, k, v stacked
-            make = (lambda c=component, ns=names: torch.cat([load(c, n) for n in ns], 0))
+        if len(names) == 3:
+            kind = "stack"  # TE2 in_proj: q, k, v stacked
         elif component == "te2" and names[0] == "text_projection.weight":
-            make = (lambda c=component, n=names[0]: load(c, n).T)
-        elif len(shape) == 4 and len(ck.shape(component, names[0])) == 2:  # VAE attention as 1x1 conv
-            make = (lambda c=component, n=names[0]: load(c, n)[:, :, None, None])
+            kind = "transpose"
+        elif len(shape) == 4 and len(ck.shape(component, names[0])) == 2:
+            kind = "conv1x1"  # VAE attention stored as a 1x1 conv
         else:
-            make = (lambda c=component, n=names[0]: load(c, n))
+            kind = ""
+        make = _tensor_source(load, component, names, kind)
         plan[key] = (shape, dtype, make)
     metadata = modelspec_metadata(ck.arch, ck.prediction, out.stem)
     configs = _configs_of(ck)

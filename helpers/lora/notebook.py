@@ -7,8 +7,9 @@ explains what is missing instead of raising a traceback.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from helpers.config import ConfigError
 from helpers.lora.extract import ExtractConfig, ExtractError, extract_from_config

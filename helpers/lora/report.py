@@ -61,7 +61,7 @@ def rank_table(rows: list[dict]) -> list[dict]:
         values = [r["curve"].get(rank, r["curve"].get(str(rank))) for r in rows]
         if any(v is None for v in values):
             break
-        table.append({"rank": rank, "kept_energy": sum(v * r["delta_energy"] for v, r in zip(values, rows)) / total})
+        table.append({"rank": rank, "kept_energy": sum(v * r["delta_energy"] for v, r in zip(values, rows, strict=True)) / total})
         if all(v >= 1.0 - 1e-9 for v in values):
             break  # every layer is at full rank: larger ranks add nothing
     return table
