@@ -199,3 +199,19 @@ def test_cli_bad_inputs_exit_2_with_message(tmp_path, tiny_sd15_dir, capsys):
     assert "broken.png" in capsys.readouterr().err
     assert main([str(cfg), "--resume", "latest", "--progress", "off"]) == 2
     assert "broken.png" in capsys.readouterr().err
+
+
+def test_cli_refuses_wrong_architecture_and_pickle(tmp_path, tiny_sdxl_dir, capsys):
+    from helpers.training.__main__ import main
+
+    ds = make_dataset(tmp_path / "ds", n=1)
+    pickle_file = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}}, pickle_file)
+    for model, arch, expected in [(tiny_sdxl_dir, "sd15", "SDXL"), (pickle_file, "auto", "pickle")]:
+        run = tmp_path / "runs" / f"r-{arch}"
+        run.mkdir(parents=True)
+        (run / "config.toml").write_text(
+            f'format_version = 1\ndevice = "cpu"\n[model]\nbase_model = "{model}"\narch = "{arch}"\n'
+            f'[data]\ndataset = "{ds}"\nresolution = 64\nbucket_step = 32\n', encoding="utf-8")
+        assert main([str(run / "config.toml"), "--progress", "off"]) == 2
+        assert expected in capsys.readouterr().err
