@@ -172,3 +172,12 @@ def test_resolve_and_vram_estimates(tiny_models):
     assert "needs about" in line and "GB" in line and "CPU" in line
     with pytest.raises(K.CaptionerError, match="could not load"):
         K.load_captioner("florence-2-base", device="cpu")  # offline in tests: a clear message, not a traceback
+
+
+def test_qwen_image_size_cap_bounds_image_tokens():
+    processor = type("P", (), {"image_processor": transformers.Qwen2VLImageProcessor()})()
+    big = Image.new("RGB", (2000, 2000))
+    assert K.cap_image_pixels(processor, 256 * 28 * 28)
+    grid = processor.image_processor(images=[big], return_tensors="pt")["image_grid_thw"][0].tolist()
+    assert grid[1] * grid[2] * 14 * 14 <= 256 * 28 * 28
+    assert not K.cap_image_pixels(type("P", (), {"image_processor": object()})(), 1000)  # not Qwen: untouched

@@ -188,20 +188,27 @@ def load_captioner(model: str, cache_dir: str | os.PathLike | None = None, devic
     model_cls = {"florence2": transformers.Florence2ForConditionalGeneration,
                  "blip": transformers.BlipForConditionalGeneration,
                  "vlm": transformers.AutoModelForImageTextToText}[family]
-    processor_kwargs = {}
-    if family == "vlm" and max_pixels and "qwen" in source.lower():
-        processor_kwargs["max_pixels"] = max_pixels  # Qwen-VL: image tokens grow with pixels, so cap them
     try:
-        processor = transformers.AutoProcessor.from_pretrained(source, cache_dir=cache_dir, **processor_kwargs)
+        processor = transformers.AutoProcessor.from_pretrained(source, cache_dir=cache_dir)
         net = model_cls.from_pretrained(source, cache_dir=cache_dir, dtype=torch_dtype)
     except OSError as exc:
         raise CaptionerError(f"could not load {source}: {str(exc).rstrip('.')}. Check the name and your connection (offline "
                              "machines need the model copied into the workspace cache first)") from exc
     if family == "vlm":
         processor.tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
+        cap_image_pixels(processor, max_pixels)
     net.to(dev).eval()
     name = Path(source).name if Path(source).is_dir() else source.split("/")[-1].lower()
     return Captioner(name if model not in CAPTIONERS else model, family, net, processor, dev, torch_dtype)
+
+
+def cap_image_pixels(processor, max_pixels: int | None) -> bool:
+    """Qwen-VL processors: resize images to at most ``max_pixels`` (image tokens, hence VRAM, grow with pixels)."""
+    image_processor = getattr(processor, "image_processor", None)
+    if not max_pixels or not type(image_processor).__name__.startswith("Qwen"):
+        return False
+    image_processor.size = {**dict(image_processor.size), "longest_edge": int(max_pixels)}
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------ generate
