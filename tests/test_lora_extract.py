@@ -217,3 +217,14 @@ def test_precision_only_differences_are_not_extracted(tiny_sdxl_dir, tmp_path):
     assert all("rounding" in m["skipped"] for m in res["modules"] if m["component"] == "te1")
     assert "only by float rounding" in te1["status"]
     assert res["components"]["unet"]["extracted"] == res["components"]["unet"]["layers"]
+
+
+def test_existing_output_is_kept_as_a_backup(sdxl_pair, tmp_path):
+    out = tmp_path / "same.safetensors"
+    extract_lora(*sdxl_pair, out, rank=2, progress=False)
+    first = out.read_bytes()
+    second = extract_lora(*sdxl_pair, out, rank=4, progress=False)
+    backups = sorted(p.name for p in tmp_path.glob("same.bak-*"))
+    assert len(backups) == 2 and any(b.endswith(".fidelity.json") for b in backups)
+    assert (tmp_path / [b for b in backups if b.endswith(".safetensors")][0]).read_bytes() == first
+    assert any("previous files kept" in m for m in second["messages"])

@@ -146,3 +146,14 @@ def test_written_hashes_equal_sd_scripts_recipe(tmp_path):
         written, back = f.metadata(), f.get_tensor("lora_unet_l7.lora_down.weight")
     assert (written["sshs_model_hash"], written["sshs_legacy_hash"]) == addnet_hashes(tensors, meta)
     assert written["modelspec.title"] == "x" and torch.equal(back, tensors["lora_unet_l7.lora_down.weight"])
+
+
+def test_merge_refuses_to_overwrite(pair, tmp_path):
+    base, tuned = pair
+    lora = tmp_path / "l.safetensors"
+    extract_lora(base, tuned, lora, rank=2, progress=False)
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="already exists"):
+        merge_lora(base, lora, out, progress=False)
+    assert out.read_bytes() == b"precious"

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--strength", type=float, action="append", help="one per --in, or one for all (default 1)")
     mg.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16")
     mg.add_argument("--allow-pickle", action="store_true")
+    mg.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     ins = sub.add_parser("inspect", help="architecture, algorithm, ranks/alphas, counts, metadata, size")
     ins.add_argument("lora", nargs="?", help="LoRA file")
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(strengths) == 1:
                 strengths = strengths * len(args.loras)
             result = merge_lora(args.base, args.loras, args.out, strength=strengths, precision=args.precision,
-                                allow_pickle=args.allow_pickle)
+                                allow_pickle=args.allow_pickle, overwrite=args.overwrite)
             print(f"merged {result['layers_changed']} layers into {result['file']} "
                   f"({result['size_bytes'] / 2**30:.2f} GiB, {result['precision']})")
         else:

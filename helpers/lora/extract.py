@@ -22,7 +22,7 @@ import torch
 
 from helpers.config import option
 from helpers.lora import naming, report, svd
-from helpers.lora.formats import PRECISIONS, kohya_metadata, write_lora
+from helpers.lora.formats import PRECISIONS, backup_existing, kohya_metadata, write_lora
 
 # queue this many bytes of float32 deltas before factorising a batch (bounds peak memory, keeps batches big)
 BATCH_BYTES = 192 * 1024 * 1024
@@ -231,6 +231,7 @@ def extract_lora(base: str | os.PathLike, tuned: str | os.PathLike, out: str | o
                                              "solver": solver, "clamp_quantile": clamp_quantile,
                                              "kept_energy": summary["overall"]["kept_energy"]})}
     metadata = kohya_metadata(arch, prediction, rank, float(rank), network_args, out.stem, extra)
+    backups = backup_existing(out, report.report_path(out))
     write_lora(out, tensors, metadata)
     result = {"kind": "extract", "file": str(out), "size_bytes": out.stat().st_size, "arch": arch,
               "base": str(base), "tuned": str(tuned),
@@ -238,6 +239,8 @@ def extract_lora(base: str | os.PathLike, tuned: str | os.PathLike, out: str | o
                            "te_min_diff": te_min_diff, "clamp_quantile": clamp_quantile, "solver": solver,
                            "device": str(dev)},
               **summary, "modules": modules}
+    if backups:
+        result.setdefault("messages", []).append("previous files kept as " + ", ".join(b.name for b in backups))
     report.write_report(result, report.report_path(out))
     return result
 

@@ -278,6 +278,18 @@ def kohya_metadata(arch: str, prediction: str, dim: int | str, alpha: float | st
     return meta
 
 
+def backup_existing(*paths: str | os.PathLike) -> list[Path]:
+    """Move files about to be replaced aside as ``<stem>.bak-<time><suffix>`` (never silently overwrite)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for p in map(Path, paths):
+        if p.exists():
+            target = p.with_name(f"{p.name.split('.')[0]}.bak-{stamp}{''.join(p.suffixes)}")
+            os.replace(p, target)
+            moved.append(target)
+    return moved
+
+
 def write_lora(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     """Write a safetensors LoRA atomically, adding the ``sshs_*`` hashes (same values as :func:`addnet_hashes`).
 

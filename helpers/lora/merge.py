@@ -69,7 +69,7 @@ def resolve_modules(lora, base) -> dict[str, naming.Target]:
 
 def merge_lora(base: str | os.PathLike, lora: str | os.PathLike | list, out: str | os.PathLike, *,
                strength: float | list[float] = 1.0, precision: str = "fp16", allow_pickle: bool = False,
-               progress: bool = True) -> dict:
+               overwrite: bool = False, progress: bool = True) -> dict:
     """Write ``base + strength * delta`` for every layer of the LoRA(s) as one original-layout safetensors.
 
     ``lora`` may be a list of files (with one strength each, or one strength for all). Returns a summary.
@@ -82,6 +82,8 @@ def merge_lora(base: str | os.PathLike, lora: str | os.PathLike | list, out: str
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"{out}: the merged model must be a .safetensors file")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists: choose another name or pass overwrite=True (CLI: --overwrite)")
     paths = [Path(p) for p in (lora if isinstance(lora, (list, tuple)) else [lora])]
     strengths = strength if isinstance(strength, (list, tuple)) else [strength] * len(paths)
     if len(strengths) != len(paths):

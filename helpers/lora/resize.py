@@ -22,7 +22,7 @@ import torch
 
 from helpers.config import option
 from helpers.lora import report, svd
-from helpers.lora.formats import PRECISIONS, LoraFileError, read_lora, write_lora
+from helpers.lora.formats import PRECISIONS, LoraFileError, backup_existing, read_lora, write_lora
 
 
 @dataclass
@@ -169,6 +169,7 @@ def resize_lora(source: str | os.PathLike, out: str | os.PathLike | None = None,
     if any(t.dim() == 4 and tuple(t.shape[2:]) != (1, 1) for k_, t in tensors.items() if k_.endswith("down.weight")):
         c = conv_rank or rank
         metadata["ss_network_args"] = json.dumps({"conv_dim": str(c), "conv_alpha": str(float(c))})
+    backups = backup_existing(out, report.report_path(out))
     write_lora(out, tensors, metadata)
     extracted = [r for r in rows if "kept" in r]
     overall = {"kept_energy": report.weighted_kept(extracted),
@@ -187,6 +188,8 @@ def resize_lora(source: str | os.PathLike, out: str | os.PathLike | None = None,
               "rank_table": report.rank_table(extracted),
               "skipped": [{"name": r["name"], "reason": r["skipped"]} for r in rows if "skipped" in r],
               "modules": rows}
+    if backups:
+        result.setdefault("messages", []).append("previous files kept as " + ", ".join(b.name for b in backups))
     report.write_report(result, report.report_path(out))
     return result
 
