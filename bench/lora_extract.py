@@ -46,6 +46,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process: on a shared, loaded box a fairer figure than wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return round(r.ru_utime + r.ru_stime, 1)
+
+
 def model_states(size: str) -> dict:
     """Meta-device state dicts {component: {name: tensor}} of SDXL (real shapes) or the tiny test model."""
     import torch
@@ -114,7 +120,7 @@ def phase_extract(folder: Path, rank: int, solver: str) -> dict:
     t0 = time.time()
     r = extract_lora(folder / "base.safetensors", folder / "tuned.safetensors", folder / f"lora-r{rank}.safetensors",
                      rank=rank, precision="fp16", solver=solver, progress=True)
-    return {"seconds": round(time.time() - t0, 1), "peak_rss_mib": round(peak_rss_mib()),
+    return {"seconds": round(time.time() - t0, 1), "cpu_seconds": cpu_seconds(), "peak_rss_mib": round(peak_rss_mib()),
             "kept_energy": round(r["overall"]["kept_energy"], 5),
             "mean_layer_kept": round(r["overall"]["mean_layer_kept"], 5),
             "min_layer_kept": round(r["overall"]["min_layer_kept"], 5),
@@ -131,7 +137,7 @@ def phase_resize(folder: Path, source_rank: int, rank: int) -> dict:
     t0 = time.time()
     r = resize_lora(folder / f"lora-r{source_rank}.safetensors", folder / f"lora-r{rank}.safetensors", rank=rank,
                     progress=False)
-    return {"seconds": round(time.time() - t0, 2), "peak_rss_mib": round(peak_rss_mib()),
+    return {"seconds": round(time.time() - t0, 2), "cpu_seconds": cpu_seconds(), "peak_rss_mib": round(peak_rss_mib()),
             "kept_energy_of_source": round(r["overall"]["kept_energy"], 5),
             "lora_mib": round(r["size_bytes"] / 2 ** 20, 1)}
 
@@ -177,6 +183,7 @@ def main() -> int:
     result["resize_32_to_16"] = run_phase(["--phase", "resize", "--from-rank", "32", "--to-rank", "16", *common])
     result["targets"] = {"sd_scripts_extract_seconds": 23 * 60, "sd_scripts_resize_seconds": 20 * 60,
                          "extract_speedup": round(23 * 60 / result["extract"]["seconds"], 1),
+                         "extract_speedup_by_cpu_time": round(23 * 60 / result["extract"]["cpu_seconds"], 1),
                          "resize_32_to_16_speedup": round(20 * 60 / max(result["resize_32_to_16"]["seconds"], 1e-3)),
                          "peak_rss_under_4gib": result["extract"]["peak_rss_mib"] < 4096}
     print(json.dumps(result, indent=1))
