@@ -120,6 +120,8 @@ def test_detect_architecture_on_key_lists(sdxl_file, sd15_v_file):
     assert detect_architecture(["unet.down_blocks.3.resnets.0.conv1.weight"])[0] == "sd15"
     with pytest.raises(CheckpointError, match="LoRA"):
         detect_architecture(["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"])
+    with pytest.raises(CheckpointError, match="LoRA"):  # diffusers/peft-named LoRA touching every level
+        detect_architecture(["unet.down_blocks.3.resnets.0.conv1.lora_A.weight"])
     with pytest.raises(CheckpointError, match="2.x"):
         detect_architecture(["cond_stage_model.model.transformer.resblocks.0.ln_1.weight",
                              "model.diffusion_model.input_blocks.0.0.weight"])

@@ -73,6 +73,9 @@ def detect_architecture(keys: Iterable[str], shapes: dict[str, tuple[int, ...]] 
     def has_prefix(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in keys)
 
+    if any(k.startswith(("lora_unet_", "lora_te", "lycoris_")) or ".lora_down." in k or ".lora_A." in k
+           for k in keys):
+        raise CheckpointError("this is a LoRA/LyCORIS file, not a full model: load a base model and apply it")
     # original layout
     if has_prefix("model.diffusion_model.") or has_prefix("conditioner.") or has_prefix("cond_stage_model."):
         if has_prefix("model.diffusion_model.joint_blocks.") or has_prefix("model.diffusion_model.double_blocks."):
@@ -102,9 +105,6 @@ def detect_architecture(keys: Iterable[str], shapes: dict[str, tuple[int, ...]] 
                 raise CheckpointError("this U-Net has 1024-wide cross-attention (Stable Diffusion 2.x); "
                                       "only SDXL and SD 1.5 are supported")
             return "sd15", prediction
-    if any(k.startswith(("lora_unet_", "lora_te", "lycoris_")) or ".lora_down." in k or ".lora_A." in k
-           for k in keys):
-        raise CheckpointError("this is a LoRA/LyCORIS file, not a full model: load a base model and apply it")
     if any(k.startswith(("double_blocks.", "joint_blocks.", "transformer_blocks.")) for k in keys):
         raise CheckpointError("this looks like an SD3/Flux-family transformer model, not SDXL or SD 1.5")
     sample = ", ".join(sorted(keys)[:5]) or "no tensors at all"
