@@ -96,6 +96,7 @@ class ChangeSet:
     skipped: list[Path] = field(default_factory=list)
     unchanged: list[Path] = field(default_factory=list)
     backup_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> int:
@@ -368,6 +369,20 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 1
 MAX_NAME_BYTES = 255  # ext4/NTFS limit on one path component
 
 
+def _legal_name_text(caption: str, spaces_to_underscores: bool) -> str:
+    text = _WINDOWS_ILLEGAL.sub("_", " ".join(caption.split()))
+    return text.replace(" ", "_") if spaces_to_underscores else text
+
+
+def _name_budget(suffix: str, max_bytes: int) -> int:
+    return max_bytes - len(suffix.encode("utf-8")) - 4  # room for a "_999" clash number
+
+
+def caption_fits_filename(caption: str, suffix: str, max_bytes: int = MAX_NAME_BYTES) -> bool:
+    """Whether the whole caption fits in a filename (a longer one is cut, and only its .txt keeps all of it)."""
+    return len(_legal_name_text(caption, False).encode("utf-8")) <= _name_budget(suffix, max_bytes)
+
+
 def filename_from_caption(caption: str, suffix: str, *, spaces_to_underscores: bool = False,
                           max_bytes: int = MAX_NAME_BYTES) -> str:
     """A filename (stem + ``suffix``) that holds ``caption`` and is legal on Windows, macOS and Linux.
@@ -376,11 +391,8 @@ def filename_from_caption(caption: str, suffix: str, *, spaces_to_underscores: b
     device names (``CON``, ``NUL``...) are avoided; the result is cut at a UTF-8 character boundary so it fits
     ``max_bytes`` together with ``suffix`` and room for a ``_NN`` clash number.
     """
-    text = " ".join(caption.split())
-    text = _WINDOWS_ILLEGAL.sub("_", text)
-    if spaces_to_underscores:
-        text = text.replace(" ", "_")
-    budget = max_bytes - len(suffix.encode("utf-8")) - 4  # room for "_999"
+    text = _legal_name_text(caption, spaces_to_underscores)
+    budget = _name_budget(suffix, max_bytes)
     data = text.encode("utf-8")
     if len(data) > budget:
         text = data[:budget].decode("utf-8", errors="ignore")
@@ -398,6 +410,9 @@ def plan_renames(captions: dict[Path, str], *, spaces_to_underscores: bool = Fal
 
     Images whose name already says their caption are left out. The caption file moves with its image.
     """
+    def key(path: Path) -> str:  # case-insensitive: Windows and macOS filesystems are
+        return str(path).lower()
+
     taken: set[str] = set()
     moving = set()
     plans = []
@@ -407,27 +422,25 @@ def plan_renames(captions: dict[Path, str], *, spaces_to_underscores: bool = Fal
                                      spaces_to_underscores=spaces_to_underscores)
         stem = Path(want).stem
         if caption_from_filename(image, underscores_to_spaces=spaces_to_underscores) == \
-                caption_from_filename(want, underscores_to_spaces=spaces_to_underscores) and \
-                image.name.lower() not in taken:
-            taken.add(image.name.lower())
+                caption_from_filename(want, underscores_to_spaces=spaces_to_underscores) and key(image) not in taken:
+            taken.add(key(image))
             continue
         plans.append((image, stem))
         moving.add(image)
-    # Names of files that stay where they are must not be taken by a renamed one (case-insensitive filesystems).
+    # Names of files that stay where they are must not be taken by a renamed one.
     for image in captions:
         if Path(image) not in moving:
-            taken.add(Path(image).name.lower())
+            taken.add(key(Path(image)))
     out = []
     for image, stem in plans:
         folder, suffix = image.parent, image.suffix.lower()
-        number, name = 0, stem + suffix
-        while (name.lower() in taken or ((folder / name).exists() and folder / name != image)
-               or (caption_path(folder / name, ext).exists() and caption_path(folder / name, ext)
-                   != caption_path(image, ext))):
+        number, target = 0, folder / (stem + suffix)
+        while (key(target) in taken or (target.exists() and target != image)
+               or (caption_path(target, ext).exists() and caption_path(target, ext) != caption_path(image, ext))):
             number += 1
-            name = f"{stem}_{number:02d}{suffix}"
-        taken.add(name.lower())
-        out.append((image, folder / name))
+            target = folder / f"{stem}_{number:02d}{suffix}"
+        taken.add(key(target))
+        out.append((image, target))
     return out
 
 
@@ -436,6 +449,11 @@ def rename_images_to_captions(captions: dict[Path, str], *, spaces_to_underscore
     """Rename every image (and its caption file) to its caption; recorded in a backup folder for undo."""
     plans = plan_renames(captions, spaces_to_underscores=spaces_to_underscores, ext=ext)
     result = ChangeSet()
+    cut = [image for image, _ in plans if not caption_fits_filename(captions[image], image.suffix)]
+    if cut:
+        result.notes.append(f"{len(cut)} captions are too long for a filename (255 bytes) and were shortened in "
+                            "the name; their .txt files keep the full text, so do not overwrite those captions "
+                            "from filenames")
     if dry_run or not plans:
         result.renamed = plans
         return result
@@ -616,6 +634,8 @@ def show_renames(changes: ChangeSet, dry_run: bool, limit: int = 100) -> None:
         print(f"  {src.name}  ->  {dst.name}")
     if len(changes.renamed) > limit:
         print(f"  ... and {len(changes.renamed) - limit} more")
+    for note in changes.notes:
+        print("note:", note)
     if changes.backup_dir:
         print(f"undo with: captions.undo_changes({str(changes.backup_dir)!r})")
 

@@ -139,6 +139,17 @@ def test_rename_to_captions_and_back(tmp_path):
     assert sorted(p.name for p in list_images(tmp_path)) == ["IMG_001.png", "IMG_002.png", "same caption.png"]
 
 
+def test_rename_clashes_are_per_folder_and_long_captions_noted(tmp_path):
+    a, b = _image(tmp_path / "10_x" / "one.png"), _image(tmp_path / "5_y" / "two.png")
+    long_img = _image(tmp_path / "10_x" / "three.png")
+    caps = {a: "same", b: "same", long_img: "tag, " * 80}
+    res = captions.rename_images_to_captions(caps, dry_run=True)
+    targets = {src.name: dst for src, dst in res.renamed}
+    assert targets["one.png"] == tmp_path / "10_x" / "same.png" and targets["two.png"] == tmp_path / "5_y" / "same.png"
+    assert len(targets["three.png"].name.encode()) <= 255 and res.notes and "too long" in res.notes[0]
+    assert captions.caption_fits_filename("short", ".png") and not captions.caption_fits_filename("x" * 300, ".png")
+
+
 def test_cli_from_filenames_and_to_filenames(tmp_path, capsys):
     make_demo_dataset(tmp_path / "d", n=6)
     (tmp_path / "d" / "a red circle on white_01.txt").write_text("mine", encoding="utf-8")
