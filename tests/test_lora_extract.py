@@ -228,3 +228,33 @@ def test_existing_output_is_kept_as_a_backup(sdxl_pair, tmp_path):
     assert len(backups) == 2 and any(b.endswith(".fidelity.json") for b in backups)
     assert (tmp_path / [b for b in backups if b.endswith(".safetensors")][0]).read_bytes() == first
     assert any("previous files kept" in m for m in second["messages"])
+
+
+SD15_EXPECTED = [
+    "lora_unet_down_blocks_0_attentions_0_proj_in",  # 1x1 conv in SD 1.5 (stored 4-D)
+    "lora_unet_down_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q",
+    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k",
+    "lora_unet_up_blocks_1_attentions_2_transformer_blocks_0_ff_net_2",
+    "lora_unet_up_blocks_3_attentions_0_proj_out",
+    "lora_unet_down_blocks_0_resnets_0_conv1",
+    "lora_unet_down_blocks_1_resnets_0_time_emb_proj",
+    "lora_unet_up_blocks_0_resnets_0_conv_shortcut",
+    "lora_unet_down_blocks_2_downsamplers_0_conv",
+    "lora_unet_up_blocks_0_upsamplers_0_conv",
+    "lora_te_text_model_encoder_layers_0_self_attn_k_proj",
+    "lora_te_text_model_encoder_layers_1_mlp_fc1",
+]
+
+
+def test_sd15_names_and_metadata_match_sd_scripts(sd15_pair, tmp_path):
+    out = tmp_path / "sd15.safetensors"
+    extract_lora(*sd15_pair, out, rank=8, conv_rank=4, progress=False)
+    lora = read_lora(out)
+    for name in SD15_EXPECTED:
+        assert name in lora.modules, name
+    assert all(n.startswith(("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_",
+                             "lora_te_text_model_encoder_layers_")) for n in lora.modules)
+    proj_in = lora.modules["lora_unet_down_blocks_0_attentions_0_proj_in"]
+    assert tuple(proj_in.tensors["lora_down.weight"].shape) == (8, 32, 1, 1)
+    assert lora.metadata["ss_base_model_version"] == "sd_v1"
+    assert lora.metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
