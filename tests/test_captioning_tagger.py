@@ -256,3 +256,64 @@ def test_merge_modes():
     assert W.merge_tags(["a", "b"], ["b", "c"], "overwrite") == ["b", "c"]
     assert W.merge_tags(["a", "b"], ["b", "c"], "append") == ["a", "b", "c"]
     assert W.merge_tags(["a", "b"], ["b", "c"], "prepend") == ["b", "c", "a"]
+
+
+def test_fetch_tagger_with_real_huggingface_hub_code_against_a_local_endpoint(tmp_path, tagger_dir):
+    """hf_hub_download itself (not a stub) talks to a local server that answers like the Hub's resolve URLs."""
+    import hashlib
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    files = {name: (tagger_dir / name).read_bytes() for name in (W.MODEL_FILE, W.TAGS_FILE)}
+    seen = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def reply(self, body: bool):
+            parts = self.path.split("?")[0].strip("/").split("/")  # owner/name/resolve/revision/file
+            seen.append(self.path)
+            if len(parts) == 5 and parts[:3] == ["SmilingWolf", "wd-vit-tagger-v3", "resolve"] and parts[4] in files:
+                data = files[parts[4]]
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+            else:
+                self.send_response(404)
+                self.send_header("X-Error-Code", "RepoNotFound")
+                self.end_headers()
+
+        def do_HEAD(self):
+            self.reply(False)
+
+        def do_GET(self):
+            self.reply(True)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}", HF_HUB_OFFLINE="0",
+               HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+    code = ("import json, sys\nfrom helpers.captioning.wd_tagger import fetch_tagger, load_tagger, TaggerError\n"
+            "out = [load_tagger(fetch_tagger('vit-v3', sys.argv[1]), 'cpu').size]\n"
+            "try:\n    fetch_tagger('someone/no-such-tagger', sys.argv[1])\n"
+            "except TaggerError as exc:\n    out.append(str(exc))\n"
+            "print(json.dumps(out))")
+    try:
+        ok = subprocess.run([sys.executable, "-c", code, str(tmp_path / "models")], env=env,
+                            cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    size, error = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert size == 64  # the downloaded model opens, its input size read from it
+    assert (tmp_path / "models" / "wd-vit-tagger-v3" / W.MODEL_FILE).read_bytes() == files[W.MODEL_FILE]
+    assert any(p.endswith("/resolve/main/model.onnx") for p in seen)
+    assert "could not download selected_tags.csv of someone/no-such-tagger" in error

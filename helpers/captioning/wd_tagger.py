@@ -251,7 +251,7 @@ def load_tagger(folder: str | os.PathLike, device: str = "auto") -> Tagger:
     if not is_tagger_folder(folder):
         raise TaggerError(f"{folder} is not a tagger folder: it needs {MODEL_FILE} and {TAGS_FILE}")
     table = read_tag_table(folder / TAGS_FILE)
-    providers = choose_providers(device, ort.get_available_providers(), gpu_present())
+    providers = choose_providers(device, ort.get_available_providers(), device == "auto" and gpu_present())
     try:
         session = ort.InferenceSession(str(folder / MODEL_FILE), providers=providers)
     except Exception as exc:
