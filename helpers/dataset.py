@@ -256,7 +256,7 @@ def inspect_image(path: str | os.PathLike, *, min_side: int = DEFAULT_MIN_SIDE,
             check.add("bomb", str(exc).split(",")[0])
             return check
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            check.add("not_image", type(exc).__name__ if isinstance(exc, UnidentifiedImageError) else str(exc))
+            check.add("not_image", _what_it_is(data) if isinstance(exc, UnidentifiedImageError) else str(exc))
             return check
         check.format, check.mode = img.format, img.mode
         check.width, check.height = img.size
@@ -288,7 +288,10 @@ def inspect_image(path: str | os.PathLike, *, min_side: int = DEFAULT_MIN_SIDE,
         check.add("transparency", img.mode)
     elif img.mode in _FIXABLE_MODES:
         check.add("unusual_mode", img.mode)
-    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # damaged EXIF: the pixels are fine, and training ignores EXIF
+        orientation = 1
     if orientation not in (1, None):
         check.add("exif_rotated", f"orientation {orientation}")
         if orientation in (5, 6, 7, 8):  # rotated by 90°: the user sees width and height swapped
@@ -300,6 +303,18 @@ def inspect_image(path: str | os.PathLike, *, min_side: int = DEFAULT_MIN_SIDE,
     except Exception:  # a hash is a convenience; the checks above already decided the status
         check.phash = None
     return check
+
+
+def _what_it_is(data: bytes) -> str:
+    """A hint for a file Pillow cannot identify: web pages and text saved under an image name are common."""
+    head = data[:256].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "it is a web page (HTML): the download saved a page instead of the image"
+    if head.startswith((b"{", b"[")):
+        return "it is JSON text, not an image"
+    if data[:4] in (b"PK\x03\x04",):
+        return "it is a zip archive: unpack it"
+    return f"unknown format (first bytes {data[:8].hex(' ')})"
 
 
 def _reduced(img: Image.Image, target: int = 128) -> Image.Image:
@@ -321,8 +336,7 @@ def _first_frame_rgb(img: Image.Image, background: tuple[int, int, int]) -> Imag
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
-        out = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-        return out.convert("RGB")
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "La", "PA", "RGBa"):
         rgba = img.convert("RGBA")
         flat = Image.new("RGB", rgba.size, background)

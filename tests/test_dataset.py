@@ -146,6 +146,7 @@ def test_every_bad_case_gets_its_reason(corpus):
             assert code in f.problems, (name, f.problems)
             assert f.reasons and all(isinstance(r, str) and r for r in f.reasons)
     assert by_name["good.png"].problems == [] and by_name["good.png"].has_caption is False
+    assert "web page" in by_name["not an image.png"].reasons[0]
     assert (by_name["rotated.jpg"].width, by_name["rotated.jpg"].height) == (480, 640)  # as displayed
 
 
