@@ -133,6 +133,10 @@ def test_select_tags_thresholds_rating_and_order(tagger):
     assert [n for n, _ in pred.character] == ["hatsune_miku"]
     out = W.prediction_tags(pred, rating_tag="last", escape=True, undesired=["red theme"])
     assert out == ["hatsune miku", ">_<", "sensitive"]
+    assert W.prediction_tags(pred, rating_tag="last", rating_words="kohaku")[-1] == "sensitive"
+    pred.rating = "explicit"
+    assert W.prediction_tags(pred, rating_tag="last", rating_words="kohaku")[-2:] == ["nsfw", "explicit"]
+    pred.rating = "sensitive"
     out = W.prediction_tags(pred, character_first=False, rating_tag="first", always_first=[">_<"])
     assert out == ["sensitive", ">_<", "red theme", "hatsune miku"]
     mcut = W.select_tags(probs, tagger.table, general_mcut=True, character_mcut=True)

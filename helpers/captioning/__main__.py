@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--character-threshold", type=float, default=d.character_threshold)
     p.add_argument("--mcut", action="store_true", help="MCut thresholds for general and character tags")
     p.add_argument("--rating-tag", choices=["none", "first", "last"], default=d.rating_tag)
+    p.add_argument("--rating-words", choices=["danbooru", "kohaku"], default=d.rating_words)
     p.add_argument("--undesired", nargs="*", default=[], help="tags never written")
     p.add_argument("--always-first", nargs="*", default=[], help="tags moved to the front when present")
     p.add_argument("--underscores", choices=["both", "length", "kaomoji", "keep"], default=d.underscores)
@@ -136,7 +137,7 @@ def run(args) -> int:
     if args.cmd == "tag":
         cfg = wd_tagger.TaggerConfig(model=args.model, general_threshold=args.general_threshold,
                                      character_threshold=args.character_threshold, general_mcut=args.mcut,
-                                     character_mcut=args.mcut, rating_tag=args.rating_tag,
+                                     character_mcut=args.mcut, rating_tag=args.rating_tag, rating_words=args.rating_words,
                                      undesired_tags=args.undesired, always_first_tags=args.always_first,
                                      underscores=args.underscores, escape_brackets=args.escape, mode=args.mode,
                                      skip_tagged=not args.force, batch_size=args.batch_size, device=args.device)

@@ -69,6 +69,9 @@ class TaggerConfig:
     character_first: bool = option(True, help="put character tags before general tags")
     rating_tag: Literal["none", "first", "last"] = option("none", help="add the rating (general / sensitive / "
                                                           "questionable / explicit) as a tag")
+    rating_words: Literal["danbooru", "kohaku"] = option("danbooru", help="rating tag words: Danbooru's (general, "
+                                                         "sensitive, questionable, explicit) or Kohaku XL's (safe, "
+                                                         "sensitive, nsfw, nsfw + explicit)")
     undesired_tags: list[str] = option([], help="tags never written (a * is a wildcard, e.g. 'text*')")
     always_first_tags: list[str] = option([], help="tags moved to the front when present, e.g. 1girl, 1boy",
                                           group="advanced")
@@ -331,14 +334,20 @@ def select_tags(probs: np.ndarray, table: TagTable, general_threshold: float = 0
 
 def prediction_tags(pred: TagPrediction, *, character_first: bool = True, rating_tag: str = "none",
                     undesired: Iterable[str] = (), always_first: Iterable[str] = (),
-                    underscores: UnderscoreRule = "both", escape: bool = False) -> list[str]:
+                    underscores: UnderscoreRule = "both", escape: bool = False,
+                    rating_words: str = "danbooru") -> list[str]:
     """The caption tags for one prediction, in order, as text."""
     general = [format_tag(n, underscores, escape) for n, _ in pred.general]
     character = [format_tag(n, underscores, escape) for n, _ in pred.character]
     tags = character + general if character_first else general + character
     firsts = [format_tag(t, underscores, escape) for t in always_first]
     tags = [t for t in firsts if t in tags] + [t for t in tags if t not in firsts]
-    rating = [format_tag(pred.rating, underscores, escape)] if rating_tag != "none" else []
+    if rating_words == "kohaku":
+        from helpers.captioning.booru import RATING_TAGS
+
+        rating = list(RATING_TAGS.get(pred.rating, [])) if rating_tag != "none" else []
+    else:
+        rating = [format_tag(pred.rating, underscores, escape)] if rating_tag != "none" else []
     tags = rating + tags if rating_tag == "first" else tags + rating
     return remove_tags(tags, undesired)
 
@@ -372,7 +381,8 @@ def iter_tag_images(tagger: Tagger, images: Sequence[Path], cfg: TaggerConfig,
                                        cfg.general_mcut, cfg.character_mcut)
                     tags = prediction_tags(pred, character_first=cfg.character_first, rating_tag=cfg.rating_tag,
                                            undesired=cfg.undesired_tags, always_first=cfg.always_first_tags,
-                                           underscores=cfg.underscores, escape=cfg.escape_brackets)
+                                           underscores=cfg.underscores, escape=cfg.escape_brackets,
+                                           rating_words=cfg.rating_words)
                     yield TaggedImage(path, tags, pred)
             bar.update(len(images[start:start + cfg.batch_size]))
 
