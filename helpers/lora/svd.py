@@ -229,15 +229,17 @@ def factorise_batch(mats: torch.Tensor, rank: int, solver: str = "gram", clamp_q
     u, s, vh, spectrum = truncated_svd(mats, rank, solver)
     k = min(rank, s.shape[-1])
     up, down = split_factors(u[..., :k], s[..., :k], vh[..., :k, :])
-    totals = mats.double().pow(2).sum(dim=(-2, -1))
+    # float32 norms (pairwise-summed, ~1e-6 relative): no float64 copy of every delta
+    totals = torch.linalg.vector_norm(mats, dim=(-2, -1)).double() ** 2
     out = []
     for i in range(mats.shape[0]):
         up_i, down_i = clamp_factors(up[i], down[i], clamp_quantile)
         up_i, down_i = up_i.to(out_dtype), down_i.to(out_dtype)
         total = float(totals[i])
         if total > 0:
-            err = float((mats[i] - up_i.float() @ down_i.float()).double().pow(2).sum())
-            kept = max(0.0, 1.0 - err / total)
+            residual = torch.addmm(mats[i], up_i.float(), down_i.float(), alpha=-1.0)
+            kept = max(0.0, 1.0 - float(torch.linalg.vector_norm(residual)) ** 2 / total)
+            del residual
         else:
             kept = 1.0
         out.append(Factorisation(up_i.cpu(), down_i.cpu(), spectrum[i].cpu(), total, kept))
