@@ -89,3 +89,25 @@ def test_notebook_helpers_cope_with_empty_workspaces_and_preselect_local_models(
     edit = notebook.apply_curation(planned, RenderConfig())
     assert edit is not None and "undo with: python -m helpers.captioning undo" in capsys.readouterr().out
     assert notebook.caption_sheet(folder).size[0] > 0 and notebook.tag_chart(folder) is not None
+
+
+def test_every_captioning_config_round_trips_through_its_form_and_toml(tmp_path):
+    import dataclasses
+
+    from helpers.captioning import booru, captioners, curation, notebook, sidecar, wd_tagger
+    from helpers.config import load_config, save_config, validate
+    from helpers.ui.forms import config_form
+
+    changed = [wd_tagger.TaggerConfig(general_threshold=0.5, undesired_tags=["text"], rating_tag="last"),
+               captioners.CaptionerConfig(model="blip-large", batch_size=4),
+               booru.BooruConfig(quality="aesthetic", percentiles="dataset"),
+               curation.CurationConfig(trigger="ewpp", trigger_position="before_class", class_word="woman"),
+               notebook.CaptionTarget(dataset="demo", render=sidecar.RenderConfig(format="tags", keep_separator=True))]
+    for cfg in changed:
+        assert validate(cfg) == {}
+        form = config_form(type(cfg), value=cfg)
+        assert form.value == cfg
+        path = save_config(cfg, tmp_path / f"{type(cfg).__name__}.toml")
+        assert load_config(type(cfg), path) == cfg
+    bad = dataclasses.replace(wd_tagger.TaggerConfig(), general_threshold=1.5)
+    assert "general_threshold" in validate(bad)
