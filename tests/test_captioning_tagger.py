@@ -321,3 +321,20 @@ def test_fetch_tagger_with_real_huggingface_hub_code_against_a_local_endpoint(tm
     assert (tmp_path / "models" / "wd-vit-tagger-v3" / W.MODEL_FILE).read_bytes() == files[W.MODEL_FILE]
     assert any(p.endswith("/resolve/main/model.onnx") for p in seen)
     assert "could not download selected_tags.csv of someone/no-such-tagger" in error
+
+
+def test_cuda_provider_that_fails_to_start_is_an_error_naming_versions(tagger_dir, monkeypatch):
+    """onnxruntime-gpu whose CUDA libraries do not load falls back to the CPU silently; we refuse instead."""
+    import onnxruntime as ort
+
+    real_session = ort.InferenceSession
+
+    class FallbackSession(real_session):
+        def __init__(self, path, providers=None, **kwargs):
+            assert providers[0] == "CUDAExecutionProvider"
+            super().__init__(path, providers=["CPUExecutionProvider"], **kwargs)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", FallbackSession)
+    with pytest.raises(W.TaggerError, match=r"could not start its CUDA provider: onnxruntime .* built for CUDA .*torch"):
+        W.load_tagger(tagger_dir, device="cuda")
