@@ -132,6 +132,8 @@ say "setup done in $((SECONDS - t0)) s. Next: open notebooks/00_setup.ipynb with
 case "$mode" in
   demo) say "running the demo"; exec "$vpy" -m helpers demo ;;
   test)
+    say "installing what the browser tests need (Debian chromium, Playwright driver, a separate Jupyter env)"
+    bash "$repo/tests/browser/install.sh"
     say "running the test suite"
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
     exec "$vpy" -m pytest -q tests ;;
