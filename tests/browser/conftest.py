@@ -14,6 +14,7 @@ without a browser. Deselect with ``-m "not browser"`` to leave this stage out on
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -61,13 +62,27 @@ def _pkg_version(python: Path | str, name: str) -> str:
 
 @pytest.fixture(scope="session")
 def server_python() -> Path:
-    """The Jupyter server's interpreter (a separate env, as on rented-GPU images)."""
+    """The Jupyter server's interpreter (a separate env, as on rented-GPU images), held for this session.
+
+    Two test sessions at once would remove and reinstall the widget front end under each other's running
+    server (seen: ChunkLoadError 404s mid-run), so a second session waits for the first.
+    """
     py = SERVER_ENV / "bin" / "python"
     if not py.exists() or not _pkg_version(py, "jupyterlab"):
         _fail(f"no JupyterLab server env at {SERVER_ENV}: {INSTALL_HINT}")
     if Path(sys.prefix).resolve() == SERVER_ENV.resolve():
         _fail("the browser tests must run from .venv, not from the Jupyter server env")
-    return py
+    with open(SERVER_ENV / ".browser-tests.lock", "w") as lock:
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    _fail(f"another browser-test session has held {SERVER_ENV} for 15 min; is one stuck?")
+                time.sleep(2)
+        yield py
 
 
 @pytest.fixture(scope="session")
@@ -218,7 +233,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, lab):
+def page(browser, lab, demo_workspace):
     """A fresh browser tab, recording console errors and uncaught page errors."""
     from labpage import LabPage
 
@@ -226,6 +241,23 @@ def page(browser, lab):
     tab = LabPage(context.new_page(), lab)
     yield tab
     context.close()
+    for session in lab.api("/api/sessions") or []:  # one kernel per notebook is plenty on 2 cores
+        lab.api(f"/api/sessions/{session['id']}", method="DELETE")
+    _stop_training_jobs(demo_workspace)
+
+
+def _stop_training_jobs(root: Path) -> None:
+    """A test that failed mid-run must not leave a detached training eating the CPU."""
+    try:
+        from helpers import runner
+        from helpers.workspace import Workspace
+    except ImportError:  # no runner yet: nothing can have been started
+        return
+    ws = Workspace.open(root)
+    for name in ws.list_runs():
+        run = ws.run(name)
+        if not runner.job_status(run).done:
+            runner.stop_job(run, timeout=30)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -52,7 +52,12 @@ class LabPage:
 
     def _on_console(self, msg) -> None:
         if msg.type == "error" and not any(s in msg.text for s in CONSOLE_IGNORED):
-            self.console_errors.append(msg.text)
+            self.console_errors.append(msg.text[:400])
+
+    def console_report(self, most: int = 6) -> str:
+        """The first few distinct console errors, for an assertion message."""
+        distinct = list(dict.fromkeys(self.console_errors))
+        return "\n".join(distinct[:most]) + (f"\n... {len(distinct) - most} more" if len(distinct) > most else "")
 
     # ---- navigation -----------------------------------------------------------------------------------
     def open(self, name: str) -> None:
@@ -63,20 +68,21 @@ class LabPage:
         self.page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # the notebook, not the file list
 
     def reload(self) -> None:
+        """Reload the page; the kernel may still be busy (a cell running from before), so only wait for it."""
         self.page.reload()
-        self.wait_for_kernel()
+        self.wait_for_kernel(idle=False)
 
     def state(self) -> dict | None:
         return self.page.evaluate(_STATE_JS)
 
-    def wait_for_kernel(self, timeout: float = 120) -> dict:
+    def wait_for_kernel(self, timeout: float = 120, idle: bool = True) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             dialog = self.page.locator(".jp-Dialog")
             if dialog.count():
                 raise AssertionError(f"a dialog blocks the notebook: {dialog.first.inner_text()[:500]}")
             st = self.state()
-            if st and st["ready"] and st["kernel"] == "idle":
+            if st and st["ready"] and (st["kernel"] == "idle" or (not idle and st["kernelName"])):
                 assert st["kernelName"] == "tunebook", f"notebook opened with kernel {st['kernelName']!r}"
                 return st
             time.sleep(0.25)
@@ -128,9 +134,9 @@ class LabPage:
     # ---- looking ------------------------------------------------------------------------------------------
     def scroll_through(self) -> None:
         """Scroll every cell into view once: widgets render when seen, as for a person reading down."""
-        cells = self.page.locator(".jp-Notebook .jp-Cell")
-        for i in range(cells.count()):
-            cells.nth(i).scroll_into_view_if_needed()
+        count = self.page.locator(".jp-Notebook .jp-Cell").count()
+        for i in range(count):
+            self.page.evaluate("i => document.querySelectorAll('.jp-Notebook .jp-Cell')[i]?.scrollIntoView()", i)
             self.page.wait_for_timeout(100)
 
     def widget_problems(self, wait: float = 20) -> list[str]:

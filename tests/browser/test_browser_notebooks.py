@@ -27,7 +27,7 @@ def assert_clean(page, name: str, shot: Path) -> None:
     assert not tracebacks, f"{name}: Python traceback(s) in the outputs (see {shot}):\n" + "\n".join(tracebacks)
     problems = page.widget_problems()
     assert not problems, f"{name}: widgets did not render: {problems} (see {shot})"
-    assert not page.console_errors, f"{name}: browser console errors: {page.console_errors}"
+    assert not page.console_errors, f"{name}: browser console errors:\n{page.console_report()}"
 
 
 def drive_form(form: FormView, folder: Path, tag: str) -> None:
@@ -74,4 +74,4 @@ def test_notebook_in_browser(path: Path, page, tmp_path):
     page.screenshot(OUT / f"{path.stem}-forms.png")
     problems = page.widget_problems(wait=5)
     assert not problems, f"{path.name}: widgets broke while using the forms: {problems}"
-    assert not page.console_errors, f"{path.name}: browser console errors while using the forms: {page.console_errors}"
+    assert not page.console_errors, f"{path.name}: browser console errors while using the forms:\n{page.console_report()}"

@@ -1,0 +1,108 @@
+"""What a person does in a notebook, step by step in the browser, where a notebook needs more than run-all.
+
+00_setup: type a workspace (the form answers as you type), paste a token, save, run; the typed values reach
+the config and the report, and the token never appears on screen, in a saved TOML or in the saved notebook.
+04_train: launch a run, see live progress, reload the page mid-run and see progress again (the training is
+a detached process; the Watch cell re-attaches to it).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import tomllib
+
+import pytest
+from conftest import OUT, ROOT
+from labpage import FormView
+
+FAKE_TOKEN = "hf_" + "BrowserTestNotARealToken" + "x" * 12
+
+
+def test_setup_form_like_a_person(page, lab, browser_root, tmp_path):
+    page.open("00_setup.ipynb")
+    page.run_all()
+    (form,) = FormView.all_in(page)
+    typed = browser_root / "typed-workspace"
+    form.fill("workspace", str(typed))
+    form.wait_for_text("path does not exist \\(yet\\)")  # answered by the kernel while typing
+    form.fill("HF token", FAKE_TOKEN)
+    saved = tmp_path / "setup.toml"
+    form.save_to(saved)
+    data = tomllib.loads(saved.read_text())
+    assert data["workspace"] == str(typed), f"the typed workspace did not reach the config: {data}"
+    assert FAKE_TOKEN not in saved.read_text(), "the token was written into a saved config"
+
+    page.run_cell(2)  # Run: opens the typed workspace, tries the token (offline: refused, redacted)
+    page.run_cell(3)  # Inspect
+    out = page.outputs_text()
+    assert str(typed) in out, f"the report does not show the typed workspace:\n{out[-1500:]}"
+    assert typed.is_dir(), "running 00_setup did not create the typed workspace"
+    assert not page.tracebacks(), "\n".join(page.tracebacks())
+    assert FAKE_TOKEN not in page.page.content(), "the token is visible in the page"
+
+    page.page.keyboard.press("Control+s")  # a person saves the notebook; widget state must not carry the token
+    deadline = time.monotonic() + 20
+    while page.state()["dirty"] and time.monotonic() < deadline:
+        time.sleep(0.3)
+    saved_nb = (lab.root / "notebooks" / "00_setup.ipynb").read_text()
+    assert FAKE_TOKEN not in saved_nb, "the saved notebook contains the token"
+    assert not page.console_errors, page.console_report()
+    page.screenshot(OUT / "00_setup-typed.png")
+
+
+def _monitor_step(page) -> tuple[int, int] | None:
+    """The step the training monitor shows ('step 12/240'), or None when no monitor is on screen."""
+    text = "\n".join(page.page.locator(".jp-Notebook .widget-html-content").all_text_contents())
+    found = re.findall(r"step (\d+)/(\d+)", text)
+    return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
+def _wait_for_progress(page, after: int, timeout: float = 120) -> tuple[int, int]:
+    """Wait until the monitor shows a step beyond ``after`` (it updates by itself: nobody clicks)."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        last = _monitor_step(page)
+        if last and last[0] > after:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"the monitor did not move past step {after} in {timeout:.0f} s (shows {last})")
+
+
+@pytest.mark.skipif(not (ROOT / "notebooks" / "04_train.ipynb").exists(), reason="no training notebook yet")
+def test_training_progress_survives_reload(page, lab):
+    page.open("04_train.ipynb")
+    page.run_cell(0)  # imports
+    page.run_cell(1)  # the form
+    (form,) = FormView.all_in(page)
+    form.fill("epochs", "40")  # long enough to reload mid-run on a CPU
+    page.run_cell(2)  # pre-flight
+    page.run_cell(3)  # launch (detached)
+    page.cell(4).locator(".jp-InputPrompt").click()
+    page.page.keyboard.press("Shift+Enter")  # watch: runs until the training ends; we do not wait for it
+    first = _wait_for_progress(page, after=0)
+    second = _wait_for_progress(page, after=first[0])
+    assert second[1] >= 40, f"the run does not have the typed 40 epochs' steps: {second}"
+
+    page.page.on("dialog", lambda d: d.accept())  # "leave with unsaved changes?" -> yes, as a person would
+    page.reload()
+    page.page.wait_for_timeout(3000)
+    if _monitor_step(page) is None:  # not restored by itself: the notebook's way is to re-run Watch
+        if page.state()["kernel"] != "idle":
+            page.menu("Kernel", "Interrupt Kernel")  # stops watching, never the training
+            page.wait_idle(60)
+        page.cell(4).locator(".jp-InputPrompt").click()
+        page.page.keyboard.press("Shift+Enter")
+    again = _wait_for_progress(page, after=second[0])
+    later = _wait_for_progress(page, after=again[0])
+    assert later[0] > second[0], "progress after the reload does not continue the run"
+    page.screenshot(OUT / "04_train-after-reload.png")
+    assert not page.tracebacks(), "\n".join(page.tracebacks())
+    assert not page.console_errors, page.console_report()
+    # Stop it like a person: interrupt watching, then the notebook's stop call in a new cell.
+    page.menu("Kernel", "Interrupt Kernel")
+    page.wait_idle(60)
+    page.page.evaluate("() => window.jupyterapp.commands.execute('notebook:insert-cell-below')")
+    page.page.keyboard.type("runner.stop_job(run)")
+    page.page.keyboard.press("Shift+Enter")
+    page.wait_idle(120)
