@@ -52,15 +52,16 @@ def tiny_config(model_dir, dataset, **overrides) -> TrainConfig:
     return from_dict(TrainConfig, data)
 
 
-def fixed_loss(model_source, cfg: TrainConfig, seeds=range(8)) -> float:
+def fixed_loss(bundle, cfg: TrainConfig, seeds=range(8)) -> float:
     """Mean loss of a model over the dataset's first batch at fixed seeds (same noise and timesteps)."""
-    from helpers.models import load_model
     from helpers.training.components import model_family
     from helpers.training.data import build_training_data, collate_samples
     from helpers.training.loop import compute_loss
 
-    bundle = load_model(str(model_source))
-    data = build_training_data(cfg.data, cfg.data.dataset, batch_size=cfg.batch_size, seed=0)
+    import dataclasses
+
+    plain = dataclasses.replace(cfg.data, cache_latents="off", flip=False)  # the same pixels for every model
+    data = build_training_data(plain, cfg.data.dataset, batch_size=cfg.batch_size, seed=0)
     batch = collate_samples([data.dataset[s] for s in data.batches(0)[0]])
     total = 0.0
     with torch.no_grad():
@@ -81,11 +82,14 @@ def test_fine_tune_lowers_loss_and_writes_single_file(family, tiny_sdxl_dir, tin
 
     model_dir = tiny_sdxl_dir if family == "sdxl" else tiny_sd15_v_dir
     dataset = make_dataset(tmp_path / "ds")
+    extra = {"data.cache_latents": "disk", "data.flip": True} if family == "sd15_v" else {}
     cfg = tiny_config(model_dir, dataset, **{"optimizer.train_text_encoder": True, "epochs": 3,
                                              "objective.min_snr_gamma": 5.0, "saving.save_every_n_epochs": 1,
-                                             "saving.keep_last": 1})
+                                             "saving.keep_last": 1, **extra})
     run = tmp_path / "runs" / "r"
-    result = train(cfg, run, show_progress=False)
+    result = train(cfg, run, cache_dir=tmp_path / "cache", show_progress=False)
+    if extra:  # trained from the disk latent cache: 3 images x (plain, flipped)
+        assert len(list((tmp_path / "cache" / "latents").glob("*/*.safetensors"))) == 6
     final = run / "checkpoints" / "r.safetensors"
     assert result["final"] == str(final) and final.exists()
     # periodic files: one per epoch except the last (the final file covers it), only the newest kept
@@ -99,7 +103,7 @@ def test_fine_tune_lowers_loss_and_writes_single_file(family, tiny_sdxl_dir, tin
     te_changed = any(not torch.equal(p, base.text_encoders[0].state_dict()[n])
                      for n, p in bundle.text_encoders[0].state_dict().items())
     assert te_changed  # the text encoder trained too
-    before, after = fixed_loss(model_dir, cfg), fixed_loss(final, cfg)
+    before, after = fixed_loss(base, cfg), fixed_loss(bundle, cfg)
     assert after < before * 0.9, (before, after)
     steps = [r for r in read_log(run / "log.jsonl") if "event" not in r]
     assert [r["step"] for r in steps] == list(range(1, 7))  # 4 samples/epoch, batch 2 -> 2 steps x 3 epochs

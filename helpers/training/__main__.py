@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, TrainingError, SaveError, CheckpointError, DiskSpaceError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"done: {result['steps']} steps, model: {result['final']}")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per GPU process
+        print(f"done: {result['steps']} steps, model: {result['final']}")
     return 0
 
 

@@ -181,6 +181,8 @@ def run_optimizer_step(chunk, accelerator, wrapped, optimizer, scheduler, max_gr
     if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped this step
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    if accelerator.num_processes > 1:  # log the mean over every GPU's batches, not rank 0's alone
+        return accelerator.reduce(torch.tensor(total / len(chunk), device=accelerator.device), "mean").item()
     return total / len(chunk)
 
 
