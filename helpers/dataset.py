@@ -598,9 +598,14 @@ def fix_images(checks: list[FileCheck], root: str | os.PathLike, *, background: 
     return result
 
 
+# files that travel with an image: captions, tunebook's caption records (helpers.captioning.sidecar), metadata
+SIDECAR_SUFFIXES = (".txt", ".caption", ".captions.json", ".json")
+
+
 def sidecar_files(image: Path, caption_ext: str = ".txt") -> list[Path]:
-    """Files that belong to ``image``: its caption and metadata JSON (``x.txt``, ``x.json``, ``x.jpg.json``)."""
-    candidates = [caption_path_of(image, caption_ext), image.with_suffix(".json"),
+    """Files that belong to ``image``: captions, caption records and metadata JSON (``x.txt``, ``x.captions.json``,
+    ``x.json``, gallery-dl's ``x.jpg.json``)."""
+    candidates = [caption_path_of(image, caption_ext), *(image.with_name(image.stem + s) for s in SIDECAR_SUFFIXES),
                   image.with_name(image.name + ".json")]
     return [p for p in dict.fromkeys(candidates) if p.exists() and p != image]
 

@@ -235,9 +235,11 @@ def test_layout_repeat_folder_moves_sidecars(tmp_path):
     _save(_picture(), tmp_path / "a.png", "PNG")
     (tmp_path / "a.txt").write_text("cap", encoding="utf-8")
     (tmp_path / "a.png.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "a.captions.json").write_text("{}", encoding="utf-8")
     target = dataset.layout_repeat_folder(tmp_path, 3, "xxcc")
     assert target.name == "3_xxcc"
     assert read_caption(target / "a.png") == "cap" and (target / "a.png.json").exists()
+    assert (target / "a.captions.json").exists() and not list(tmp_path.glob("a.*"))
     with pytest.raises(ValueError, match="repeats"):
         dataset.layout_repeat_folder(tmp_path, 0, "x")
 
