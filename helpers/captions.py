@@ -447,6 +447,8 @@ def plan_renames(captions: dict[Path, str], *, spaces_to_underscores: bool = Fal
 def rename_images_to_captions(captions: dict[Path, str], *, spaces_to_underscores: bool = False,
                               ext: str = ".txt", dry_run: bool = False) -> ChangeSet:
     """Rename every image (and its caption file) to its caption; recorded in a backup folder for undo."""
+    from helpers.dataset import sidecar_files
+
     plans = plan_renames(captions, spaces_to_underscores=spaces_to_underscores, ext=ext)
     result = ChangeSet()
     cut = [image for image, _ in plans if not caption_fits_filename(captions[image], image.suffix)]
@@ -463,8 +465,10 @@ def rename_images_to_captions(captions: dict[Path, str], *, spaces_to_underscore
     try:
         for image, target in plans:
             pairs = [(image, target)]
-            if caption_path(image, ext).exists():
-                pairs.append((caption_path(image, ext), caption_path(target, ext)))
+            for side in sidecar_files(image, ext):  # caption, caption record, metadata JSON move along
+                tail = side.name[len(image.name):] if side.name.startswith(image.name) else side.name[len(image.stem):]
+                head = target.name if side.name.startswith(image.name) else target.stem
+                pairs.append((side, target.with_name(head + tail)))
             for src, dst in pairs:
                 if dst.exists():
                     raise CaptionError(f"{dst}: already exists; nothing was overwritten, renamed so far: "

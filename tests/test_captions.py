@@ -129,13 +129,16 @@ def test_rename_to_captions_and_back(tmp_path):
     a, b = _image(tmp_path / "IMG_001.png"), _image(tmp_path / "IMG_002.png")
     c = _image(tmp_path / "same caption.png")
     write_captions({a: "same caption", b: "same caption", c: "same caption"})
+    (tmp_path / "IMG_001.png.json").write_text("{}", encoding="utf-8")
     res = captions.rename_images_to_captions({a: "same caption", b: "same caption", c: "same caption"})
     names = sorted(p.name for p in list_images(tmp_path))
     assert names == ["same caption.png", "same caption_01.png", "same caption_02.png"]
     assert all(read_caption(p) == "same caption" for p in list_images(tmp_path))  # captions moved along
     assert len(res.renamed) == 2
+    assert (tmp_path / "same caption_01.png.json").exists()  # gallery-dl metadata moved with its image
     undo = undo_changes(res.backup_dir)
-    assert len(undo.renamed_back) == 4  # two images and their captions
+    assert len(undo.renamed_back) == 5  # two images, their captions, one metadata file
+    assert (tmp_path / "IMG_001.png.json").exists()
     assert sorted(p.name for p in list_images(tmp_path)) == ["IMG_001.png", "IMG_002.png", "same caption.png"]
 
 
