@@ -128,7 +128,7 @@ def bench_steps(bundle, *, resolution: int, batch_size: int, steps: int, warmup:
     scheduler = build_lr_scheduler(optimizer, "constant", 0, steps + warmup)
     names = list(trained.modules)
     *wrapped, optimizer = accelerator.prepare(*trained.modules.values(), optimizer)
-    modules = dict(zip(names, wrapped))
+    modules = dict(zip(names, wrapped, strict=True))
     settings = dict(family=model_family(bundle.arch), unet=modules["unet"], vae=bundle.vae,
                     tokenizers=bundle.tokenizers,
                     text_encoders=[modules.get(f"te{i + 1}", te) for i, te in enumerate(bundle.text_encoders)],

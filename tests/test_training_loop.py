@@ -54,11 +54,11 @@ def tiny_config(model_dir, dataset, **overrides) -> TrainConfig:
 
 def fixed_loss(bundle, cfg: TrainConfig, seeds=range(8)) -> float:
     """Mean loss of a model over the dataset's first batch at fixed seeds (same noise and timesteps)."""
+    import dataclasses
+
     from helpers.training.components import model_family
     from helpers.training.data import build_training_data, collate_samples
     from helpers.training.loop import compute_loss
-
-    import dataclasses
 
     plain = dataclasses.replace(cfg.data, cache_latents="off", flip=False)  # the same pixels for every model
     data = build_training_data(plain, cfg.data.dataset, batch_size=cfg.batch_size, seed=0)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 def run_demo(ws) -> dict[str, str]:
     """Train the tiny demo SDXL (``models/tiny-sdxl``) on ``datasets/demo`` into ``runs/demo`` (a few CPU steps)."""
+    import shutil
+
     from helpers.config import build_config, save_config
     from helpers.training.config import TrainConfig
     from helpers.training.loop import train
     from helpers.training.progress import step_losses
-
-    import shutil
 
     run = ws.run("demo")
     shutil.rmtree(run.root, ignore_errors=True)  # the demo run is regenerated, never resumed

@@ -97,7 +97,7 @@ def prepare_models(bundle, trained: TrainedModels, *, device: torch.device, weig
 
     place(bundle.vae, device, vae_dtype).eval()
     bundle.unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
-    for name, te in zip(("te1", "te2"), bundle.text_encoders):
+    for name, te in zip(("te1", "te2"), bundle.text_encoders, strict=False):
         place(te, device, weight_dtype if name in trained.modules else frozen_dtype).train(name in trained.modules)
     place(bundle.unet, device, weight_dtype).train()
     for name, module in trained.modules.items():

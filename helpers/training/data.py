@@ -19,9 +19,10 @@ import hashlib
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
@@ -304,7 +305,7 @@ def plan_epoch(bucket_of_item: list[tuple[int, int]], repeats: list[int], batch_
     """
     rng = random.Random(seed_for(seed, epoch))
     by_bucket: dict[tuple[int, int], list[int]] = {}
-    for index, (bucket, count) in enumerate(zip(bucket_of_item, repeats)):
+    for index, (bucket, count) in enumerate(zip(bucket_of_item, repeats, strict=True)):
         by_bucket.setdefault(bucket, []).extend([index] * count)
     batches: list[list[int]] = []
     for bucket in sorted(by_bucket):
@@ -554,7 +555,7 @@ def build_training_data(cfg: DataConfig, root: Path, *, batch_size: int, seed: i
     placement = assign_buckets(items, resolution=cfg.resolution, enable_buckets=cfg.enable_buckets,
                                min_side=cfg.min_bucket_side, max_side=cfg.max_bucket_side, step=cfg.bucket_step,
                                no_upscale=cfg.no_upscale)
-    for (bucket, _), item in zip(placement, items):
+    for (bucket, _), item in zip(placement, items, strict=True):
         name = f"{bucket[0]}x{bucket[1]}"
         report.buckets[name] = report.buckets.get(name, 0) + item.repeats
     hook = caption_hook(cfg.shuffle_caption, cfg.keep_tokens, cfg.caption_separator, cfg.tag_dropout,

@@ -18,8 +18,16 @@ import torch
 from helpers.config import to_dict
 from helpers.training import checkpoints as ckpt
 from helpers.training import objective as obj
-from helpers.training.components import (DTYPES, choose_trained_models, encode_pixels, load_base_model,
-                                         model_family, prepare_models, resolve_base_model, save_model_file)
+from helpers.training.components import (
+    DTYPES,
+    choose_trained_models,
+    encode_pixels,
+    load_base_model,
+    model_family,
+    prepare_models,
+    resolve_base_model,
+    save_model_file,
+)
 from helpers.training.config import TrainConfig
 from helpers.training.data import build_training_data, seed_for
 from helpers.training.optim import build_lr_scheduler, build_optimizer
@@ -105,7 +113,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     monitor.start_bar(total_steps, position.step)
     images_per_step = cfg.batch_size * o.gradient_accumulation_steps * accelerator.num_processes
     last_state_time, step_time = time.monotonic(), None
-    modules = dict(zip(names, wrapped))  # DDP-wrapped where training, so gradients synchronise
+    modules = dict(zip(names, wrapped, strict=True))  # DDP-wrapped where training, so gradients synchronise
     settings = dict(family=family, unet=modules["unet"], vae=bundle.vae, tokenizers=bundle.tokenizers,
                     text_encoders=[modules.get(f"te{i + 1}", te) for i, te in enumerate(bundle.text_encoders)],
                     unet_dtype=bundle.unet.dtype, alphas_cumprod=alphas_cumprod, objective=cfg.objective,
