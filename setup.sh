@@ -95,6 +95,14 @@ else
     || die "packages installed but do not import; see the pip output above."
   for f in "${todo[@]}"; do touch "$(stamp_of "$f")"; done
 fi
+# On a CUDA machine the WD tagger wants onnxruntime's CUDA build (same version; the two cannot coexist).
+ort_gpu="onnxruntime-gpu==$(sed -n 's/^onnxruntime==\([^ ]*\).*/\1/p' requirements.txt)"
+if "$vpy" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null \
+   && ! "$vpy" -m pip show -q onnxruntime-gpu >/dev/null 2>&1; then
+  say "CUDA GPU found: switching onnxruntime to $ort_gpu for GPU tagging"
+  "${pip[@]}" uninstall -q -y onnxruntime || true
+  "${pip[@]}" install -q -c "$constraints" "$ort_gpu" || die "installing $ort_gpu failed; the tagger will say what to do."
+fi
 "$vpy" -c "import torch; assert torch.__version__ == '$torch_version'" \
   || die "torch changed during install (expected $torch_version). Report this: a dependency asked for another torch."
 
