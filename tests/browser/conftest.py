@@ -45,8 +45,8 @@ LAB_SETTINGS = {
 
 
 def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/browser/" in str(item.fspath).replace(os.sep, "/"):
+    for item in items:  # everything that needs the server or the browser is a browser test
+        if {"lab", "page", "browser"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.browser)
 
 

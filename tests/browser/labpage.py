@@ -150,6 +150,16 @@ class LabPage:
                 return failures + [f"stuck on {s!r}" for s in loading]
             time.sleep(0.5)
 
+    def broken_images(self) -> list[str]:
+        """Images in outputs that show the browser's broken-image icon (empty or undecodable data)."""
+        return self.page.evaluate("""() => [...document.querySelectorAll('.jp-Notebook .jp-OutputArea-output img')]
+          .filter(img => img.complete && img.naturalWidth === 0)
+          .map(img => {
+            const cell = img.closest('.jp-CodeCell');
+            const cells = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')];
+            return `code cell ${cells.indexOf(cell)}: <img src="${(img.getAttribute('src') || '').slice(0, 60)}">`;
+          })""")
+
     def widget_count(self) -> int:
         return self.page.locator(".jp-Notebook .jupyter-widgets.widget-container, "
                                  ".jp-Notebook .jp-OutputArea-output .jupyter-widgets").count()
@@ -249,3 +259,18 @@ class FormView:
 
     def checkboxes(self):
         return self.root.locator(".widget-checkbox input[type=checkbox]")
+
+    def visible_checkbox(self):
+        """A checkbox a person can see, opening collapsed sections (nested ones too) that hold one if need be."""
+        page = self.tab.page
+        for _ in range(6):
+            shown = self.checkboxes().filter(visible=True)
+            if shown.count():
+                return shown.first
+            headers = self.root.locator(".jupyter-widget-Collapse").filter(has=page.locator(".widget-checkbox")) \
+                .locator("> .jupyter-widget-Collapse-header").filter(visible=True)
+            if not headers.count():
+                return None
+            headers.last.click()  # the innermost visible section on the way to a checkbox
+            page.wait_for_timeout(300)
+        return None

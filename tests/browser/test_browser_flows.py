@@ -98,6 +98,7 @@ def test_training_progress_survives_reload(page, lab):
     assert later[0] > second[0], "progress after the reload does not continue the run"
     page.screenshot(OUT / "04_train-after-reload.png")
     assert not page.tracebacks(), "\n".join(page.tracebacks())
+    assert not page.broken_images(), f"broken images in the monitor: {page.broken_images()}"
     assert not page.console_errors, page.console_report()
     # Stop it like a person: interrupt watching, then the notebook's stop call in a new cell.
     page.menu("Kernel", "Interrupt Kernel")

@@ -27,6 +27,8 @@ def assert_clean(page, name: str, shot: Path) -> None:
     assert not tracebacks, f"{name}: Python traceback(s) in the outputs (see {shot}):\n" + "\n".join(tracebacks)
     problems = page.widget_problems()
     assert not problems, f"{name}: widgets did not render: {problems} (see {shot})"
+    broken = page.broken_images()
+    assert not broken, f"{name}: images that show as broken (an empty Image widget?) (see {shot}): {broken}"
     assert not page.console_errors, f"{name}: browser console errors:\n{page.console_report()}"
 
 
@@ -42,11 +44,10 @@ def drive_form(form: FormView, folder: Path, tag: str) -> None:
         assert options, f"{tag}: the template dropdown offers no template"
         picker.select_option(label=options[0])
         form.wait_for_text(re.compile(rf"template {re.escape(options[0])} applied"))
-    boxes = form.checkboxes()
-    if boxes.count():
+    box = form.visible_checkbox()
+    if box is not None:
         before = (folder / f"{tag}-b.toml")
         form.save_to(before)
-        box = boxes.first
         box.scroll_into_view_if_needed()
         box.click()
         after = folder / f"{tag}-c.toml"
