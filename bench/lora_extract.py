@@ -179,7 +179,8 @@ def main() -> int:
     result["extract"] = run_phase(["--phase", "extract", "--rank", str(args.rank), "--solver", args.solver, *common])
     result["resize_to_16"] = run_phase(["--phase", "resize", "--from-rank", str(args.rank), "--to-rank", "16", *common])
     result["resize_to_32"] = run_phase(["--phase", "resize", "--from-rank", str(args.rank), "--to-rank", "32", *common])
-    (folder / "lora-r16.safetensors").unlink(missing_ok=True)
+    for stale in ("lora-r16.safetensors", "lora-r16.fidelity.json"):
+        (folder / stale).unlink(missing_ok=True)
     result["resize_32_to_16"] = run_phase(["--phase", "resize", "--from-rank", "32", "--to-rank", "16", *common])
     result["targets"] = {"sd_scripts_extract_seconds": 23 * 60, "sd_scripts_resize_seconds": 20 * 60,
                          "extract_speedup": round(23 * 60 / result["extract"]["seconds"], 1),

@@ -188,12 +188,14 @@ def extract_lora(base: str | os.PathLike, tuned: str | os.PathLike, out: str | o
                 raise ExtractError(f"{t.component} {t.weight_key}: base has shape {t.shape}, tuned has "
                                    f"{tuned_shape}; these are not the same model family")
             w = base_ck.get(t.component, t.weight_key).float()
-            delta = tuned_ck.get(t.component, t.weight_key).float() - w
-            max_abs = float(delta.abs().max()) if delta.numel() else 0.0
-            energy = float(delta.double().pow(2).sum())
-            w_energy = float(w.double().pow(2).sum())
+            delta = tuned_ck.get(t.component, t.weight_key).float().sub_(w)
+            # float32 norms (pairwise sums): one pass each, no float64 copies of SDXL-sized tensors
+            max_abs = float(torch.linalg.vector_norm(delta, ord=float("inf"))) if delta.numel() else 0.0
+            energy = float(torch.linalg.vector_norm(delta)) ** 2
+            w_energy = float(torch.linalg.vector_norm(w)) ** 2
             eps = rounding_eps(base_ck.dtype(t.component, t.weight_key), tuned_ck.dtype(t.component, t.weight_key))
-            rounding_only = max_abs > 0 and eps > 0 and bool((delta.abs() <= eps * w.abs()).all())
+            rounding_only = (eps > 0 and 0 < max_abs <= eps * float(torch.linalg.vector_norm(w, ord=float("inf")))
+                             and bool((delta.abs() <= eps * w.abs()).all()))
             del w
             comp["max_abs_change"] = max(comp["max_abs_change"], max_abs)
             comp["delta_energy"] += energy
