@@ -19,11 +19,12 @@ import enum
 import math
 import os
 import tempfile
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+
+import tomllib
 
 FORMAT_VERSION_KEY = "format_version"
 

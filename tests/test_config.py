@@ -8,8 +8,17 @@ from typing import ClassVar, Literal, Optional
 
 import pytest
 
-from helpers.config import (ConfigError, build_config, dumps_toml, from_dict, load_config, option, save_config,
-                            to_dict, validate)
+from helpers.config import (
+    ConfigError,
+    build_config,
+    dumps_toml,
+    from_dict,
+    load_config,
+    option,
+    save_config,
+    to_dict,
+    validate,
+)
 
 
 @dataclasses.dataclass

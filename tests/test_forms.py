@@ -25,7 +25,7 @@ def test_invalid_values_marked_next_to_field():
     form.rows["learning_rate"].input.value = -1.0
     form.rows["seed"].input.value = "seven"
     with pytest.raises(ConfigError) as err:
-        form.value
+        _ = form.value
     assert set(err.value.problems) == {"learning_rate", "seed"}
     assert "between" in form.rows["learning_rate"].message.value
     assert "expected int" in form.rows["seed"].message.value

@@ -93,8 +93,13 @@ def build_tiny_pipeline(arch: Arch = "sdxl", prediction: Prediction = "epsilon",
     """A random-weight SDXL or SD 1.5 diffusers pipeline with the real topology and tiny widths."""
     import tempfile
 
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)

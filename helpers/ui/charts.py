@@ -36,7 +36,7 @@ def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str = ""
     fig, ax = _figure()
     for name, points in series.items():
         if points:
-            xs, ys = zip(*points)
+            xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, label=name, linewidth=1.4)
     if logy:
         ax.set_yscale("log")

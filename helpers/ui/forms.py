@@ -21,8 +21,17 @@ from typing import Any, Literal, get_args, get_origin
 import ipywidgets as w
 
 from helpers import templates as templates_mod
-from helpers.config import (ConfigError, build_config, config_fields, field_meta, from_dict, load_config,
-                            save_config, to_dict, type_name)
+from helpers.config import (
+    ConfigError,
+    build_config,
+    config_fields,
+    field_meta,
+    from_dict,
+    load_config,
+    save_config,
+    to_dict,
+    type_name,
+)
 
 _MISSING = object()
 
