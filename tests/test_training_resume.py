@@ -150,3 +150,21 @@ def test_state_save_refuses_when_disk_is_short_and_keeps_previous(tmp_path, monk
         ckpt.save_training_state(tmp_path / "state", 2, weights=weights, optimizer_state={}, trainer=trainer)
     assert ckpt.find_latest_state(tmp_path / "state") == first
     assert torch.equal(ckpt.load_training_state(first)["weights"]["w"], weights["w"])
+
+
+def test_rng_states_round_trip_through_a_state_folder(tmp_path):
+    import random
+
+    import numpy as np
+
+    from helpers.training import checkpoints as ckpt
+
+    trainer = {"step": 1, "epoch": 0, "batch_in_epoch": 0, "config": {}, "scheduler": {}, "scaler": None,
+               "rng": ckpt.capture_rng_states()}
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    path = ckpt.save_training_state(tmp_path / "state", 1, weights={"w": torch.zeros(2)}, optimizer_state={},
+                                    trainer=trainer)
+    torch.rand(5), np.random.rand(5), random.random()  # move every generator on
+    ckpt.restore_rng_states(ckpt.load_training_state(path)["rng"])
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]

@@ -99,7 +99,10 @@ def capture_rng_states() -> dict:
     """Every random generator the process owns (torch CPU/CUDA, numpy, Python)."""
     import numpy as np
 
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's key array as a tensor, so the state file loads with torch.load(weights_only=True)
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -110,7 +113,8 @@ def restore_rng_states(states: dict) -> None:
 
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
@@ -203,9 +207,9 @@ def load_training_state(path: Path) -> dict:
         raise SaveError(f"{path} is not a complete training state (no trainer.json): choose another or 'latest'")
     out = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
     out["weights"] = load_file(str(path / "weights.safetensors"))
-    # our own files, written by save_training_state; weights_only keeps arbitrary pickles out anyway
+    # weights_only: a state folder from elsewhere cannot run code when loaded
     out["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
-    out.update(torch.load(path / "trainer.pt", weights_only=False))
+    out.update(torch.load(path / "trainer.pt", weights_only=True))
     return out
 
 
