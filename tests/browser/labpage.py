@@ -187,6 +187,24 @@ class LabPage:
             self.page.set_viewport_size(size)
         return path
 
+    def picture_of_cell(self, index: int, path: Path, size=(1200, 860), colors: int = 96) -> Path:
+        """A window-sized picture with code cell ``index`` at the top, kept small (palette PNG) for docs."""
+        from PIL import Image
+
+        before = self.page.viewport_size
+        self.page.set_viewport_size({"width": size[0], "height": size[1]})
+        self.page.evaluate("""i => { const c = document.querySelectorAll('.jp-Notebook .jp-CodeCell')[i];
+          const s = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer');
+          if (c && s) s.scrollTop += c.getBoundingClientRect().top - s.getBoundingClientRect().top - 8; }""", index)
+        self.page.wait_for_timeout(500)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        raw = path.with_suffix(".raw.png")
+        self.page.screenshot(path=str(raw))
+        self.page.set_viewport_size(before)
+        Image.open(raw).convert("RGB").quantize(colors).save(path, optimize=True)
+        raw.unlink()
+        return path
+
 
 _TOP_JS = """() => { const s = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer'); if (s) s.scrollTop = 0; }"""
 # Cells' total height (the scroll area adds blank space past the end).

@@ -8,9 +8,13 @@ a detached process; the Watch cell re-attaches to it).
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 import time
 import tomllib
+from pathlib import Path
 
 import pytest
 from conftest import OUT, ROOT
@@ -19,15 +23,23 @@ from labpage import FormView
 FAKE_TOKEN = "hf_" + "BrowserTestNotARealToken" + "x" * 12
 
 
-def test_setup_form_like_a_person(page, lab, browser_root, tmp_path):
+@pytest.fixture
+def short_tmp():
+    """A short temp folder: its paths show in the README screenshot."""
+    folder = Path(tempfile.mkdtemp(prefix="tb-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_setup_form_like_a_person(page, lab, short_tmp):
     page.open("00_setup.ipynb")
     page.run_all()
     (form,) = FormView.all_in(page)
-    typed = browser_root / "typed-workspace"
+    typed = short_tmp / "my-project"
     form.fill("workspace", str(typed))
     form.wait_for_text("path does not exist \\(yet\\)")  # answered by the kernel while typing
     form.fill("HF token", FAKE_TOKEN)
-    saved = tmp_path / "setup.toml"
+    saved = short_tmp / "setup.toml"
     form.save_to(saved)
     data = tomllib.loads(saved.read_text())
     assert data["workspace"] == str(typed), f"the typed workspace did not reach the config: {data}"
@@ -49,6 +61,11 @@ def test_setup_form_like_a_person(page, lab, browser_root, tmp_path):
     assert FAKE_TOKEN not in saved_nb, "the saved notebook contains the token"
     assert not page.console_errors, page.console_report()
     page.screenshot(OUT / "00_setup-typed.png")
+    # The README's picture: the form as typed and the report below it. Refreshed in docs/ on request only,
+    # so an ordinary run leaves the tree clean.
+    docs = ROOT / "docs" / "screenshots" if os.environ.get("TUNEBOOK_UPDATE_DOCS") == "1" else OUT
+    shot = page.picture_of_cell(1, docs / "00_setup.png")
+    assert shot.stat().st_size < 300_000, f"{shot} is {shot.stat().st_size} bytes: too big for the README"
 
 
 def _monitor_step(page) -> tuple[int, int] | None:
