@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import os
 import random
 import re
 from collections.abc import Callable
@@ -481,7 +482,7 @@ class LatentStore:
             return
         from safetensors.torch import save_file
 
-        tmp = self.path(key).with_suffix(".tmp")
+        tmp = self.path(key).with_suffix(f".{os.getpid()}.tmp")  # several GPU processes may cache the same key
         save_file({"latent": latent}, str(tmp))
         tmp.replace(self.path(key))
 
