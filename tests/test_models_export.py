@@ -49,7 +49,7 @@ def test_single_file_loads_in_diffusers_bit_identical(arch, fixture, prediction,
         _assert_same_weights(getattr(pipe, name), getattr(loaded, name), name)
 
     entries, meta = read_safetensors_header(path)
-    assert meta["modelspec.sai_model_spec"] == "1.0.0"
+    assert meta["modelspec.sai_model_spec"] == "1.0.1"
     assert meta["modelspec.architecture"] == export.MODELSPEC_ARCH[arch]
     assert meta["modelspec.prediction_type"] == ("v" if prediction == "v_prediction" else "epsilon")
     assert meta["modelspec.resolution"] == ("1024x1024" if arch == "sdxl" else "512x512")

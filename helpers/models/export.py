@@ -194,7 +194,7 @@ def modelspec_metadata(arch: keymap.Arch, prediction: str, title: str, resolutio
                        ) -> dict[str, str]:
     """``modelspec.*`` fields (SAI ModelSpec 1.0.0) for a full checkpoint."""
     res = resolution or RESOLUTION[arch]
-    return {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": MODELSPEC_ARCH[arch],
+    return {"modelspec.sai_model_spec": "1.0.1", "modelspec.architecture": MODELSPEC_ARCH[arch],
             "modelspec.implementation": MODELSPEC_IMPL[arch], "modelspec.title": title,
             "modelspec.resolution": f"{res}x{res}",
             "modelspec.date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
