@@ -33,9 +33,9 @@ def test_inspect_and_convert(tiny_sd15_v_dir, tmp_path, capsys):
 
 
 def test_cli_errors_exit_nonzero(tmp_path, capsys, tiny_sd15_dir):
-    assert main(["inspect", str(tmp_path / "missing.safetensors")]) == 1
+    assert main(["inspect", str(tmp_path / "missing.safetensors")]) == 2
     assert "no such file" in capsys.readouterr().err
-    assert main(["convert", str(tiny_sd15_dir), str(tmp_path / "x.safetensors"), "--arch", "sdxl"]) == 1
+    assert main(["convert", str(tiny_sd15_dir), str(tmp_path / "x.safetensors"), "--arch", "sdxl"]) == 2
     assert "arch='sdxl' was declared" in capsys.readouterr().err
 
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":
