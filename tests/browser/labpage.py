@@ -8,6 +8,7 @@ busy, which a person sees from the kernel indicator.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -63,6 +64,8 @@ class LabPage:
     def open(self, name: str) -> None:
         """Open notebooks/<name> and wait until its kernel is up (a 'select kernel' dialog is a failure)."""
         self.name = name
+        # Every test starts from the committed notebook (an earlier test may have saved cells or outputs).
+        shutil.copy2(Path(__file__).resolve().parents[2] / "notebooks" / name, self.lab.root / "notebooks" / name)
         self.page.goto(f"{self.lab.url}/lab/workspaces/{self.workspace}/tree/notebooks/{name}?token={self.lab.token}")
         self.wait_for_kernel()
         self.page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # the notebook, not the file list
