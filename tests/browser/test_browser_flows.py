@@ -13,10 +13,10 @@ import re
 import shutil
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from conftest import OUT, ROOT
 from labpage import FormView
 

@@ -11,10 +11,10 @@ key (the form must name it). A screenshot of each notebook lands in test-output/
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from conftest import OUT, ROOT
 from labpage import FormView
 
