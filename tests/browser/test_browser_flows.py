@@ -2,7 +2,7 @@
 
 00_setup: type a workspace (the form answers as you type), paste a token, save, run; the typed values reach
 the config and the report, and the token never appears on screen, in a saved TOML or in the saved notebook.
-04_train: launch a run, see live progress, reload the page mid-run and see progress again (the training is
+04_train: type an invalid value and see it marked; launch a run, see live progress, reload the page mid-run and see progress again (the training is
 a detached process; the Watch cell re-attaches to it).
 """
 
@@ -92,8 +92,13 @@ def test_training_progress_survives_reload(page, lab):
     page.run_cell(0)  # imports
     page.run_cell(1)  # the form
     (form,) = FormView.all_in(page)
+    form.fill("epochs", "0")  # invalid (min 1): pre-flight must refuse it and mark the field
+    page.run_cell(2)
+    assert "\u26a0" in form.message("epochs"), f"no warning next to 'epochs' for 0: {form.text()[-800:]}"
+    assert "problem" in form.text(), "the form does not say that a field needs fixing"
     form.fill("epochs", "40")  # long enough to reload mid-run on a CPU
-    page.run_cell(2)  # pre-flight
+    page.run_cell(2)  # pre-flight, now clean
+    assert not page.tracebacks(), "\n".join(page.tracebacks())
     page.run_cell(3)  # launch (detached)
     page.cell(4).locator(".jp-InputPrompt").click()
     page.page.keyboard.press("Shift+Enter")  # watch: runs until the training ends; we do not wait for it
