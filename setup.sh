@@ -59,6 +59,10 @@ else
   vpy="$venv/bin/python"
 fi
 pip=("$vpy" -m pip --disable-pip-version-check)
+# Kernels start in notebooks/ (Jupyter's cwd): a .pth file puts the repo on the path so `import helpers` works.
+site_dir="$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+[ "$(cat "$site_dir/tunebook.pth" 2>/dev/null)" = "$repo" ] || echo "$repo" > "$site_dir/tunebook.pth" \
+  || die "cannot write $site_dir/tunebook.pth (is that Python's site-packages writable?)"
 
 # ---- 2. torch: keep a working one, install only when none is importable ---------------------------------
 torch_version="$("$vpy" - <<'PY' 2>/dev/null || true

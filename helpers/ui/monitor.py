@@ -38,8 +38,9 @@ class TrainingMonitor:
         self.run = run
         self.bar = w.IntProgress(value=0, min=0, max=1, description="step", layout=w.Layout(width="60%"))
         self.line = w.HTML("")
-        self.chart = w.Image(format="png", layout=w.Layout(max_width="720px"))
-        self.samples = w.Image(format="png", layout=w.Layout(max_width="720px"))
+        # hidden until they have a picture: an empty Image renders as a broken-image icon in the browser
+        self.chart = w.Image(format="png", layout=w.Layout(max_width="720px", display="none"))
+        self.samples = w.Image(format="png", layout=w.Layout(max_width="720px", display="none"))
         self.widget = w.VBox([w.HTML(f"<b>run {html.escape(run.name)}</b>"), self.bar, self.line, self.chart,
                               self.samples])
         self._chart_step = -1
@@ -69,6 +70,7 @@ class TrainingMonitor:
 
             self._chart_step = curve[-1][0]
             self.chart.value = _png(line_chart({"loss": curve}, f"{self.run.name}: loss per step", "step", "loss"))
+            self.chart.layout.display = ""
         self._refresh_samples()
         return st
 
@@ -82,6 +84,7 @@ class TrainingMonitor:
             self._sample_names = names
             self.samples.value = _png(thumbnail_grid([(p, p.stem) for p in files], columns=4, size=160,
                                                      title="newest samples"))
+            self.samples.layout.display = ""
 
     def watch(self, timeout: float | None = None, every: float = 1.0) -> runner.JobStatus:
         """Refresh until the run's process ends (or ``timeout`` s); Ctrl-C / interrupt only stops watching."""
