@@ -154,7 +154,7 @@ def main() -> int:
     parser.add_argument("--dir", default="/tmp/tunebook-lora-bench", help="where the synthetic pair lives")
     parser.add_argument("--size", choices=["sdxl", "tiny"], default="sdxl")
     parser.add_argument("--rank", type=int, default=128)
-    parser.add_argument("--solver", default="gram")
+    parser.add_argument("--solver", default="subspace", help="subspace (default), gram, randomized or exact")
     parser.add_argument("--phase", choices=["make", "extract", "resize"], help=argparse.SUPPRESS)
     parser.add_argument("--from-rank", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--to-rank", type=int, help=argparse.SUPPRESS)

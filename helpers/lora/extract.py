@@ -58,9 +58,11 @@ class ExtractConfig:
     clamp_quantile: float = option(1.0, help="clip factor entries above this quantile, as sd-scripts' "
                                    "--clamp_quantile (default there 0.99, which costs fidelity); 1.0 = off",
                                    min=0.5, max=1.0, group="advanced")
-    solver: Literal["gram", "randomized", "exact"] = option(
-        "gram", help="gram: exact top-r via the Gram matrix (default, fast); randomized: sketch, fastest, "
-        "slightly lower fidelity on flat spectra; exact: full SVD (slow reference)", group="advanced")
+    solver: Literal["subspace", "gram", "randomized", "exact"] = option(
+        "subspace", help="subspace: block subspace iteration, within 0.1 pp of the optimum per layer (default, "
+        "fastest; the rank table stops at the rank); gram: exact top-r via the Gram matrix, full spectrum; "
+        "randomized: plain sketch, lower fidelity on flat spectra; exact: full SVD (slow reference)",
+        group="advanced")
     device: str = option("auto", help="where to factorise: auto (GPU when present), cpu, cuda, cuda:1 ...",
                          group="advanced")
     allow_pickle: bool = option(False, help="accept .ckpt/.pt model files (pickle can run code: only for "
@@ -136,7 +138,7 @@ def _flush(pending: list[_Pending], device: torch.device, solver: str, clamp_qua
 
 def extract_lora(base: str | os.PathLike, tuned: str | os.PathLike, out: str | os.PathLike | None = None, *,
                  rank: int = 128, conv_rank: int = 0, precision: str = "fp16", min_diff: float = 1e-6,
-                 te_min_diff: float = 1e-6, clamp_quantile: float = 1.0, solver: str = "gram",
+                 te_min_diff: float = 1e-6, clamp_quantile: float = 1.0, solver: str = "subspace",
                  device: str = "auto", allow_pickle: bool = False, progress: bool = True) -> dict:
     """Extract a LoRA from ``tuned - base`` and write it with its fidelity report; returns the report.
 
