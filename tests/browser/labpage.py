@@ -154,9 +154,10 @@ class LabPage:
             time.sleep(0.5)
 
     def broken_images(self) -> list[str]:
-        """Images in outputs that show the browser's broken-image icon (empty or undecodable data)."""
+        """Images in outputs that show the browser's broken-image icon (empty or undecodable data); hidden ones
+        (``display: none`` until they have a picture) are not on screen, so they do not count."""
         return self.page.evaluate("""() => [...document.querySelectorAll('.jp-Notebook .jp-OutputArea-output img')]
-          .filter(img => img.complete && img.naturalWidth === 0)
+          .filter(img => img.complete && img.naturalWidth === 0 && img.getClientRects().length > 0)
           .map(img => {
             const cell = img.closest('.jp-CodeCell');
             const cells = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')];
