@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 
+from helpers.lora import svd
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m helpers.lora", description=__doc__.splitlines()[0],
@@ -33,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--te-min-diff", type=float, default=1e-6, help="skip text-encoder layers changed by at most this")
     ex.add_argument("--clamp-quantile", type=float, default=1.0,
                     help="sd-scripts' factor clipping (its default 0.99 costs fidelity); 1.0 = off")
-    ex.add_argument("--solver", choices=["gram", "randomized", "exact"], default="gram",
-                    help="gram (default): exact top-r, fast; randomized: sketch; exact: full SVD")
+    ex.add_argument("--solver", choices=list(svd.SOLVERS), default="subspace",
+                    help="subspace (default): block subspace iteration, within 0.1 pp of exact; gram: Gram-matrix "
+                         "eigensolver with the full spectrum; randomized: plain sketch; exact: LAPACK SVD")
     ex.add_argument("--exact", action="store_true", help="same as --solver exact (slow reference)")
     ex.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     ex.add_argument("--allow-pickle", action="store_true", help="accept .ckpt/.pt models (can run code)")

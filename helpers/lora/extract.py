@@ -191,10 +191,10 @@ def extract_lora(base: str | os.PathLike, tuned: str | os.PathLike, out: str | o
                                    f"{tuned_shape}; these are not the same model family")
             w = base_ck.get(t.component, t.weight_key).float()
             delta = tuned_ck.get(t.component, t.weight_key).float().sub_(w)
-            # float32 norms (pairwise sums): one pass each, no float64 copies of SDXL-sized tensors
+            # row norms in float32 summed in float64 (svd.squared_norm): exact enough, no float64 copies
             max_abs = float(torch.linalg.vector_norm(delta, ord=float("inf"))) if delta.numel() else 0.0
-            energy = float(torch.linalg.vector_norm(delta)) ** 2
-            w_energy = float(torch.linalg.vector_norm(w)) ** 2
+            energy = float(svd.squared_norm(delta.reshape(delta.shape[0], -1))) if delta.numel() else 0.0
+            w_energy = float(svd.squared_norm(w.reshape(w.shape[0], -1))) if w.numel() else 0.0
             eps = rounding_eps(base_ck.dtype(t.component, t.weight_key), tuned_ck.dtype(t.component, t.weight_key))
             rounding_only = (eps > 0 and 0 < max_abs <= eps * float(torch.linalg.vector_norm(w, ord=float("inf")))
                              and bool((delta.abs() <= eps * w.abs()).all()))
