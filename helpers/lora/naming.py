@@ -99,18 +99,19 @@ def is_target(component: str, module: str, shape: tuple[int, ...], with_conv: bo
 
 def list_targets(checkpoint, with_conv: bool, components: tuple[str, ...] = ("unet", "te1", "te2")) -> list[Target]:
     """Every LoRA-able weight of a checkpoint (``helpers.models.Checkpoint``), in file order per component."""
-    out = []
+    return [Target(component, module, shape, lora_name(component, module, checkpoint.arch))
+            for component, module, shape in iter_weights(checkpoint, components)
+            if is_target(component, module, shape, with_conv)]
+
+
+def iter_weights(checkpoint, components: tuple[str, ...] = ("unet", "te1", "te2")):
+    """(component, module path, weight shape) for every ``.weight`` of the components the checkpoint has."""
     for component in components:
         if component not in checkpoint.components():
             continue
         for key in checkpoint.keys(component):
-            if not key.endswith(".weight"):
-                continue
-            module = key[: -len(".weight")]
-            shape = tuple(checkpoint.shape(component, key))
-            if is_target(component, module, shape, with_conv):
-                out.append(Target(component, module, shape, lora_name(component, module, checkpoint.arch)))
-    return out
+            if key.endswith(".weight"):
+                yield component, key[: -len(".weight")], tuple(checkpoint.shape(component, key))
 
 
 def name_table(checkpoint) -> dict[str, Target]:
@@ -119,21 +120,14 @@ def name_table(checkpoint) -> dict[str, Target]:
     Wider than :func:`list_targets` on purpose: a LyCORIS file may adapt any linear/conv layer.
     """
     table: dict[str, Target] = {}
-    for component in ("unet", "te1", "te2"):
-        if component not in checkpoint.components():
+    for component, module, shape in iter_weights(checkpoint):
+        if len(shape) not in (2, 4):
             continue
-        for key in checkpoint.keys(component):
-            if not key.endswith(".weight"):
-                continue
-            module = key[: -len(".weight")]
-            shape = tuple(checkpoint.shape(component, key))
-            if len(shape) not in (2, 4):
-                continue
-            try:
-                name = lora_name(component, module, checkpoint.arch)
-            except keymap.UnknownKeyError:
-                continue
-            target = Target(component, module, shape, name)
-            for alias in [name] + alternative_names(component, module, checkpoint.arch):
-                table.setdefault(alias, target)
+        try:
+            name = lora_name(component, module, checkpoint.arch)
+        except keymap.UnknownKeyError:
+            continue
+        target = Target(component, module, shape, name)
+        for alias in [name] + alternative_names(component, module, checkpoint.arch):
+            table.setdefault(alias, target)
     return table
