@@ -30,22 +30,19 @@ def default_demo_root() -> Path:
 
 
 def prepare_base_model(ws: Workspace) -> dict[str, str]:
-    """The tiny SDXL base model as a diffusers folder (and a single file once model I/O can write one)."""
+    """The tiny SDXL base model as a diffusers folder and as a single file (original layout)."""
+    from helpers.models import load_model, save_single_file
     from helpers.models.tiny import save_tiny_model
 
     folder = ws.model("tiny-sdxl")
     if not (folder / "model_index.json").exists():
         save_tiny_model(folder, "sdxl")
-    out = {"tiny SDXL base (diffusers folder)": str(folder)}
-    models = importlib.import_module("helpers.models")
     single = ws.models / "tiny-sdxl.safetensors"
-    if hasattr(models, "save_single_file") and hasattr(models, "load_model") and not single.exists():
-        bundle = models.load_model(str(folder))
-        models.save_single_file(bundle.unet, bundle.vae, bundle.text_encoders, single, arch=bundle.arch,
-                                precision="fp32", prediction=bundle.prediction)
-    if single.exists():
-        out["tiny SDXL base (single file)"] = str(single)
-    return out
+    if not single.exists():
+        bundle = load_model(str(folder))
+        save_single_file(bundle.unet, bundle.vae, bundle.text_encoders, single, arch=bundle.arch,
+                         precision="fp32", prediction=bundle.prediction)
+    return {"tiny SDXL base (diffusers folder)": str(folder), "tiny SDXL base (single file)": str(single)}
 
 
 def run_demo(root: str | Path | None = None, stages: list[str] | None = None, echo=print) -> dict[str, str]:

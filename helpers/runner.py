@@ -79,7 +79,7 @@ def training_command(config_path: Path, num_gpus: int = 1, resume: str | None = 
     if resume:
         args += ["--resume", resume]
     if num_gpus > 1:
-        return [python, "-m", "accelerate.commands.launch", "--num_processes", str(num_gpus), *args]
+        return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus), *args]
     return [python, *args]
 
 

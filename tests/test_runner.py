@@ -19,6 +19,15 @@ def test_suggest_template_by_vram():
     assert runner.suggest_template(79.3) == "sdxl_finetune_a100"
 
 
+def test_training_command_single_and_multi_gpu(tmp_path):
+    cfg = tmp_path / "config.toml"
+    single = runner.training_command(cfg, resume="latest", workspace=tmp_path, python="py")
+    assert single == ["py", "-m", "helpers.training", str(cfg), "--workspace", str(tmp_path), "--resume", "latest"]
+    multi = runner.training_command(cfg, num_gpus=4, python="py")
+    assert multi == ["py", "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4",
+                     "-m", "helpers.training", str(cfg)]
+
+
 def test_status_of_a_run_never_started(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     st = runner.job_status(ws.run("nothing"))
