@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
 import shutil
-import stat
 import sys
-import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from helpers.changes import sha256_file, sha256_text, write_bytes_atomic
 from helpers.config import option
 
 BACKUP_DIRNAME = ".tunebook_backups"
@@ -150,41 +148,6 @@ def format_preview(rows: list[ChangeRow], limit: int = 50, width: int = 60) -> s
     return "\n".join(lines)
 
 
-def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _sha256_file(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
-
-
-def _file_mode(path: Path) -> int:
-    try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` via temp file + rename in the same folder: a crash leaves the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; keep the mode a normal write would give
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _common_root(paths: list[Path]) -> Path:
     folders = [str(p.resolve().parent) for p in paths]
     return Path(os.path.commonpath(folders)) if folders else Path.cwd()
@@ -228,7 +191,7 @@ def write_captions(new: dict[Path, str], *, overwrite: bool = False, backup: boo
         for row in todo:
             path = row.caption_file
             rel = os.path.relpath(path.resolve(), root)
-            entry = {"path": rel, "new_sha256": _sha256_text(row.new)}
+            entry = {"path": rel, "new_sha256": sha256_text(row.new)}
             if row.action == "overwrite":
                 if result.backup_dir is not None:
                     saved = result.backup_dir / "files" / rel
@@ -290,7 +253,7 @@ def undo_changes(changeset_or_backup_dir: ChangeSet | str | os.PathLike, *, forc
             os.rename(target, path)
             out.renamed_back.append((target, path))
             continue
-        current = _sha256_file(path)
+        current = sha256_file(path)
         edited = current is not None and current != entry.get("new_sha256")
         if edited and not force:
             out.conflicts.append(f"{path}: edited after the change set; left as it is (use force to undo anyway)")

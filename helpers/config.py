@@ -18,13 +18,14 @@ import dataclasses
 import enum
 import math
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import tomllib
+
+from helpers.changes import write_text_atomic
 
 FORMAT_VERSION_KEY = "format_version"
 
@@ -339,26 +340,6 @@ def dumps_toml(data: dict[str, Any], _prefix: str = "") -> str:
             name = f"{_prefix}{key}"
             lines += ["", f"[{name}]", dumps_toml(value, name + ".").rstrip("\n")]
     return "\n".join(line for line in lines) + "\n"
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file via temp file + rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a config is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_config(cfg: Any, path: str | os.PathLike, *, only_changed: bool = False) -> Path:

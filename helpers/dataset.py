@@ -21,7 +21,6 @@ CLI: ``python -m helpers.dataset check DIR [--json] [--fix] [--reject]``, ``layo
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -38,7 +37,8 @@ from typing import ClassVar
 import numpy as np
 from PIL import ExifTags, Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from helpers.config import option, write_text_atomic
+from helpers.changes import sha256_bytes, unique_path, write_text_atomic
+from helpers.config import option
 
 # kohya sd-scripts reads these (train_util.IMAGE_EXTENSIONS, plus upper case); .avif when Pillow has AVIF.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif")
@@ -192,10 +192,6 @@ class FileCheck:
         return out
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def perceptual_hash(img: Image.Image) -> str:
     """64-bit DCT perceptual hash (pHash) as 16 hex digits.
 
@@ -247,7 +243,7 @@ def inspect_image(path: str | os.PathLike, *, min_side: int = DEFAULT_MIN_SIDE,
     if not data:
         check.add("empty")
         return check
-    check.sha256 = _sha256_bytes(data)
+    check.sha256 = sha256_bytes(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
         try:
@@ -527,15 +523,6 @@ def convert_to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 25
     return _first_frame_rgb(upright, background)
 
 
-def _unique_path(path: Path) -> Path:
-    n = 1
-    candidate = path
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem} ({n}){path.suffix}")
-        n += 1
-    return candidate
-
-
 def fix_images(checks: list[FileCheck], root: str | os.PathLike, *, background: tuple[int, int, int] = (255, 255, 255),
                progress: bool = True) -> CleanResult:
     """Apply the fixes of every ``fixable`` file; originals go to a backup folder first (undoable).
@@ -569,7 +556,7 @@ def fix_images(checks: list[FileCheck], root: str | os.PathLike, *, background: 
                         result.fixed.append((check.path, target, list(check.problems)))
                         continue
                 ext = path.suffix.lower()
-                target = path if ext in _SAVE_FORMATS else _unique_path(path.with_suffix(".png"))
+                target = path if ext in _SAVE_FORMATS else unique_path(path.with_suffix(".png"))
                 fmt, kwargs = _SAVE_FORMATS[target.suffix.lower()]
                 with Image.open(path) as img:
                     rgb = convert_to_rgb(img, background)
@@ -586,9 +573,9 @@ def fix_images(checks: list[FileCheck], root: str | os.PathLike, *, background: 
                     entries.append({"action": "replaced", "path": rel, "new_sha256": None,
                                     "backup": os.path.relpath(saved, result.backup_dir)})
                     entries.append({"action": "created", "path": os.path.relpath(target, root),
-                                    "new_sha256": _sha256_bytes(data)})
+                                    "new_sha256": sha256_bytes(data)})
                 else:
-                    entries.append({"action": "replaced", "path": rel, "new_sha256": _sha256_bytes(data),
+                    entries.append({"action": "replaced", "path": rel, "new_sha256": sha256_bytes(data),
                                     "backup": os.path.relpath(saved, result.backup_dir)})
                 result.fixed.append((check.path, target, list(check.problems)))
             except Exception as exc:  # one bad file must not stop the rest; it stays as it was
@@ -630,7 +617,7 @@ def reject_files(checks: list[FileCheck], root: str | os.PathLike, caption_ext: 
         for check in todo:
             path = check.path.resolve()
             try:
-                target = _unique_path(rejected_dir / path.relative_to(root))
+                target = unique_path(rejected_dir / path.relative_to(root))
             except ValueError:
                 result.failed.append((check.path, f"not inside {root}"))
                 continue
@@ -640,7 +627,7 @@ def reject_files(checks: list[FileCheck], root: str | os.PathLike, caption_ext: 
                                         for s in sidecars]
             for src, dst in moves:
                 if dst.exists():
-                    dst = _unique_path(dst)
+                    dst = unique_path(dst)
                 os.rename(src, dst)
                 entries.append({"action": "renamed", "path": os.path.relpath(src, root),
                                 "to": os.path.relpath(dst, root)})

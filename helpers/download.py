@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from helpers.config import option, write_text_atomic
+from helpers.changes import sha256_file, write_text_atomic
+from helpers.config import option
 
 CHUNK = 1 << 20
 DISK_MARGIN = 512 << 20  # keep this much free after a download: a full root disk kills Jupyter
@@ -177,20 +178,6 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
         raise DownloadError(f"not enough disk for {what}: needs {needed / 1e9:.2f} GB (+{DISK_MARGIN >> 20} MB "
                             f"margin), {free / 1e9:.2f} GB free on the disk holding {folder}. Free space or use a "
                             "bigger volume (on Vast/RunPod: the /workspace volume, not the root disk)")
-
-
-def sha256_file(path: Path, progress: bool = False) -> str:
-    """sha256 of a file, read in 1 MiB chunks (with a progress bar for big files)."""
-    from tqdm.auto import tqdm
-
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}",
-                                       disable=not progress or size < (256 << 20)) as bar:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
 
 
 def _looks_like_html(first: bytes) -> bool:

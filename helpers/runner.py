@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helpers.config import save_config, write_text_atomic
+from helpers.changes import write_text_atomic
+from helpers.config import save_config
 from helpers.workspace import RunPaths, Workspace
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.config import write_text_atomic
+from helpers.changes import write_text_atomic
 
 MARKER = "workspace.toml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -26,7 +26,6 @@ then the ``.txt`` files, each a change set; ``undo_edit`` reverses both.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -46,6 +45,7 @@ from helpers.captions import (
     undo_changes,
     write_captions,
 )
+from helpers.changes import sha256_text
 from helpers.config import option
 
 SIDECAR_EXT = ".captions.json"
@@ -216,10 +216,6 @@ def contains_phrase(text: str, phrase: str) -> bool:
     return bool(phrase) and re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, re.IGNORECASE) is not None
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- edits on disk
 @dataclass
 class EditResult:
@@ -251,7 +247,7 @@ def plan_texts(records: dict[Path, CaptionRecord], render: RenderConfig) -> tupl
         except CaptionError as exc:
             problems[image] = str(exc)
             continue
-        edited = current is not None and record.txt_sha256 is not None and sha256_text(current) != record.txt_sha256
+        edited = current is not None and record.txt_sha256 is not None and sha256_text(current.strip()) != record.txt_sha256
         if edited and not render.overwrite_edited:
             problems[image] = (f"{caption_path(image)} was edited by hand since tunebook wrote it; kept as is "
                                "(tick 'overwrite edited' to replace it; it is backed up either way)")
@@ -278,7 +274,7 @@ def apply_edit(records: dict[Path, CaptionRecord], render: RenderConfig | None =
     if render is not None:
         texts, result.problems = plan_texts(records, render)
         for image, text in texts.items():
-            records[image].txt_sha256 = sha256_text(text)
+            records[image].txt_sha256 = sha256_text(text.strip())
     result.sidecars = write_captions({image: r.to_json() for image, r in records.items()}, overwrite=True,
                                      ext=SIDECAR_EXT)
     if texts:

@@ -49,7 +49,7 @@ def tiny_tagger_weights() -> tuple[np.ndarray, np.ndarray]:
 
 def build_tiny_tagger(folder: str | os.PathLike, size: int = TINY_INPUT_SIZE) -> Path:
     """Write ``model.onnx`` + ``selected_tags.csv`` (+ ``source.json``) into ``folder``; returns the folder."""
-    from helpers.config import write_text_atomic
+    from helpers.changes import write_text_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,7 @@ def fetch_tagger(model: str, models_dir: str | os.PathLike, *, revision: str | N
 
 
 def write_source(folder: Path, info: dict) -> None:
-    from helpers.config import write_text_atomic
+    from helpers.changes import write_text_atomic
 
     write_text_atomic(folder / SOURCE_FILE, json.dumps(info, indent=2) + "\n")
 

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from helpers.config import write_text_atomic
+from helpers.changes import write_text_atomic
 
 CURVE_RANKS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
 COMPONENT_NAMES = {"unet": "U-Net", "te1": "text encoder 1", "te2": "text encoder 2"}

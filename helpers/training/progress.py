@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.config import write_text_atomic
+from helpers.changes import write_text_atomic
 
 
 def peak_memory_gb(device: torch.device) -> float:
