@@ -159,8 +159,8 @@ def run(args) -> int:
         report = booru.caption_dataset_from_metadata(args.folder, cfg, render_from(args))
         print_report(report.summary(), report.problems, args.json)
     elif args.cmd in ("curate", "render"):
-        from helpers.captions import format_preview
-        from helpers.dataset import list_images
+        from helpers.dataset.caption_files import format_preview
+        from helpers.dataset.files import list_images
 
         records, problems = sidecar.load_records(list_images(args.folder))
         if args.cmd == "curate":
@@ -176,7 +176,7 @@ def run(args) -> int:
             edit = sidecar.apply_edit(records, render)
             print_report({"images": len(records), **edit.summary()}, {**problems, **edit.problems}, args.json)
     elif args.cmd == "tags":
-        from helpers.dataset import list_images
+        from helpers.dataset.files import list_images
 
         records, problems = sidecar.load_records(list_images(args.folder))
         freqs = curation.tag_frequencies(records)

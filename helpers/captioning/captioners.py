@@ -286,7 +286,7 @@ def caption_dataset(folder: str | os.PathLike, cfg: CaptionerConfig, cache_dir: 
 
     from helpers.captioning import sidecar
     from helpers.captioning.images import iter_batches
-    from helpers.dataset import list_images
+    from helpers.dataset.files import list_images
 
     if captioner is None:
         captioner = load_captioner(cfg.model, cache_dir, cfg.device, cfg.dtype, cfg.max_pixels)

@@ -98,7 +98,7 @@ class CaptionEditor(_Panel):
                  columns: int = 3, thumb: int = 192):
         import ipywidgets as w
 
-        from helpers.dataset import list_images
+        from helpers.dataset.files import list_images
 
         super().__init__()
         self.render = render or RenderConfig()
@@ -180,7 +180,7 @@ class TagTable(_Panel):
         self.refresh()
 
     def load(self):
-        from helpers.dataset import list_images
+        from helpers.dataset.files import list_images
 
         return sidecar.load_records(list_images(self.folder))
 
@@ -211,7 +211,7 @@ class TagTable(_Panel):
         return curation.remove_tags_everywhere(records, ticked)
 
     def preview(self) -> None:
-        from helpers.captions import format_preview
+        from helpers.dataset.caption_files import format_preview
 
         action = "replace" if self.replacement.value.strip() else "remove"
         rows = sidecar.preview_edit(self.planned(action), self.render)

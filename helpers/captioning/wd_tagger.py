@@ -25,7 +25,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from PIL import Image
 
-from helpers.captioning.tags import UnderscoreRule, format_tag, mcut_threshold, remove_tags
+from helpers.captioning.tags import RATING_TAGS, UnderscoreRule, format_tag, mcut_threshold, merge_tags, remove_tags
 from helpers.config import option
 
 # short name -> Hub repo; v3 models are trained on Danbooru up to 2024-02 (10861 classes), v2 up to 2022
@@ -343,8 +343,6 @@ def prediction_tags(pred: TagPrediction, *, character_first: bool = True, rating
     firsts = [format_tag(t, underscores, escape) for t in always_first]
     tags = [t for t in firsts if t in tags] + [t for t in tags if t not in firsts]
     if rating_words == "kohaku":
-        from helpers.captioning.booru import RATING_TAGS
-
         rating = list(RATING_TAGS.get(pred.rating, [])) if rating_tag != "none" else []
     else:
         rating = [format_tag(pred.rating, underscores, escape)] if rating_tag != "none" else []
@@ -413,19 +411,6 @@ class TaggingReport:
         return out
 
 
-def merge_tags(old: list[str], new: list[str], mode: str) -> list[str]:
-    """Combine an image's existing tags with the tagger's by ``mode`` (overwrite / append / prepend)."""
-    from helpers.captioning.tags import dedupe_tags
-
-    if mode == "overwrite":
-        return list(new)
-    if mode == "append":
-        return dedupe_tags(old + new)
-    if mode == "prepend":
-        return dedupe_tags(new + old)
-    raise ValueError(f"unknown mode {mode!r}: use overwrite, append or prepend")
-
-
 def tag_dataset(folder: str | os.PathLike, cfg: TaggerConfig, models_dir: str | os.PathLike,
                 render=None, progress: bool = True, tagger: Tagger | None = None) -> TaggingReport:
     """Tag every image under ``folder`` into its caption record, then (with ``render``) re-render the ``.txt``.
@@ -434,7 +419,7 @@ def tag_dataset(folder: str | os.PathLike, cfg: TaggerConfig, models_dir: str | 
     are reported in ``problems`` and left untouched. Every write is a backed-up change set.
     """
     from helpers.captioning import sidecar
-    from helpers.dataset import list_images
+    from helpers.dataset.files import list_images
 
     if tagger is None:
         tagger = load_tagger(fetch_tagger(cfg.model, models_dir), cfg.device)
