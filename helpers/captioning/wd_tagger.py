@@ -25,8 +25,12 @@ from typing import ClassVar, Literal
 import numpy as np
 from PIL import Image
 
+from helpers.captioning import sidecar
+from helpers.captioning.images import iter_batches
 from helpers.captioning.tags import RATING_TAGS, UnderscoreRule, format_tag, mcut_threshold, merge_tags, remove_tags
+from helpers.changes import write_text_atomic
 from helpers.config import option
+from helpers.dataset.files import list_images
 
 # short name -> Hub repo; v3 models are trained on Danbooru up to 2024-02 (10861 classes), v2 up to 2022
 TAGGER_REPOS = {
@@ -141,8 +145,6 @@ def fetch_tagger(model: str, models_dir: str | os.PathLike, *, revision: str | N
 
 
 def write_source(folder: Path, info: dict) -> None:
-    from helpers.changes import write_text_atomic
-
     write_text_atomic(folder / SOURCE_FILE, json.dumps(info, indent=2) + "\n")
 
 
@@ -365,8 +367,6 @@ def iter_tag_images(tagger: Tagger, images: Sequence[Path], cfg: TaggerConfig,
 
     from tqdm.auto import tqdm
 
-    from helpers.captioning.images import iter_batches
-
     problems = problems if problems is not None else {}
     with tqdm(total=len(images), desc="tagging", unit="img", disable=not progress) as bar:
         for start, (paths, arrays) in zip(range(0, len(images), cfg.batch_size),
@@ -418,9 +418,6 @@ def tag_dataset(folder: str | os.PathLike, cfg: TaggerConfig, models_dir: str | 
     Images that already have tags are skipped when ``cfg.skip_tagged``; unreadable images and caption files
     are reported in ``problems`` and left untouched. Every write is a backed-up change set.
     """
-    from helpers.captioning import sidecar
-    from helpers.dataset.files import list_images
-
     if tagger is None:
         tagger = load_tagger(fetch_tagger(cfg.model, models_dir), cfg.device)
     images = list_images(folder)

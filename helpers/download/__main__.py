@@ -12,6 +12,7 @@ from pathlib import Path
 from helpers.download.datasets import download_dataset
 from helpers.download.model_store import download_model
 from helpers.download.sources import DownloadError
+from helpers.workspace import Workspace
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.model:
-            from helpers.workspace import Workspace
-
             ws = Workspace.open()
             record = download_model(args.source, ws.models, args.model, revision=args.revision, sha256=args.sha256,
                                     allow_pickle=args.allow_pickle, include=args.include, exclude=args.exclude,
