@@ -184,6 +184,12 @@ def inspect_image(path: str | os.PathLike, *, min_side: int = DEFAULT_MIN_SIDE,
         except Exception as exc:  # Pillow raises OSError, SyntaxError, zlib/struct errors for damaged data
             check.add("truncated", str(exc) or type(exc).__name__)
             return check
+    _check_decoded(check, img, ext, is_16bit, min_side)
+    return check
+
+
+def _check_decoded(check: FileCheck, img: Image.Image, ext: str, is_16bit: bool, min_side: int) -> None:
+    """The checks of a fully decoded image: extension, format, animation, pixel mode, orientation, size, pHash."""
     if ext in IMAGE_EXTENSIONS and check.format not in ("MPO",) and \
             ext not in FORMAT_EXTENSIONS.get(check.format or "", ()):
         check.add("wrong_extension", f"{ext} file holds {check.format}")
@@ -215,7 +221,6 @@ def inspect_image(path: str | os.PathLike, *, min_side: int = DEFAULT_MIN_SIDE,
         check.phash = perceptual_hash(ImageOps.exif_transpose(flatten_to_rgb(_reduced(img), (255, 255, 255))))
     except Exception:  # a hash is a convenience; the checks above already decided the status
         check.phash = None
-    return check
 
 
 def _what_it_is(data: bytes) -> str:

@@ -36,75 +36,81 @@ def dataset_report(check: DatasetCheck, *, resolution: int = 1024, min_bucket: i
     root = check.folder
     rel = lambda p: str(Path(p).relative_to(root))  # noqa: E731
     usable = [f for f in check.images if f.status in ("ok", "fixable") and f.width and f.height]
-    counts: dict[str, int] = {}
-    formats: dict[str, int] = {}
-    problems: dict[str, int] = {}
-    kinds: dict[str, int] = {}
-    for f in check.files:
-        kinds[f.kind] = kinds.get(f.kind, 0) + 1
-        if f.kind == "image":
-            counts[f.status] = counts.get(f.status, 0) + 1
-        for code in f.problems:
-            problems[code] = problems.get(code, 0) + 1
-    for f in check.images:
-        if f.format:
-            formats[f.format] = formats.get(f.format, 0) + 1
-    buckets = None if no_upscale else make_buckets(resolution, min_bucket, max_bucket, bucket_step)
-    per_bucket: dict[str, int] = {}
-    below = []
-    for f in usable:
-        (bw, bh), (rw, rh) = select_bucket(f.width, f.height, buckets, resolution=resolution, step=bucket_step)
-        per_bucket[f"{bw}x{bh}"] = per_bucket.get(f"{bw}x{bh}", 0) + 1
-        # below resolution = training would upscale it to fill its bucket (the guide upscales those by hand);
-        # without upscaling it trains smaller than the model's resolution instead
-        if rw > f.width or rh > f.height or (buckets is None and bw * bh < 0.9 * resolution * resolution):
-            below.append(rel(f.path))
+    per_bucket, below = _bucket_counts(usable, resolution, min_bucket, max_bucket, bucket_step, no_upscale)
     folders = find_repeat_folders(root)
     loose = list_images(root, recursive=False)
-    warnings_ = []
     repeat_folders = [f for f in folders if f["repeats"] is not None]
-    if repeat_folders and loose:
-        warnings_.append(f"{len(loose)} images sit directly in {root.name}/ beside N_name folders: tunebook trains "
-                         "them with the default repeats, kohya sd-scripts ignores them; move them into a repeat folder "
-                         "so both train the same images")
-    for f in folders:
-        if f["repeats"] == 0 and f["images"]:
-            warnings_.append(f"folder {f['folder']!r} has 0 repeats: its {f['images']} images are not trained")
-        elif repeat_folders and f["repeats"] is None and f["images"]:
-            warnings_.append(f"folder {f['folder']!r} is not named N_name: tunebook trains its {f['images']} images "
-                             "with the default repeats, kohya sd-scripts skips them")
     multiline = [rel(f.path) for f in check.images if f.caption_problem == "multiline"]
-    if multiline:
-        warnings_.append(f"{len(multiline)} caption files have more than one line: training reads only the first "
-                         "line (as kohya does); join the lines if all of it is the caption")
-    if check.orphan_captions:
-        warnings_.append(f"{len(check.orphan_captions)} caption files have no image")
-    layout = "repeat folders" if repeat_folders and not loose else ("flat" if not repeat_folders else "mixed")
     trained = [f for f in check.images if f.trained]
-    samples_per_epoch = sum(f.repeats for f in trained)
     return {
         "folder": str(root),
         "files": len(check.files),
         "images": len(check.images),
         "usable_images": len(usable),
         "trained_images": len(trained),
-        "counts": counts,
-        "file_kinds": kinds,
-        "formats": formats,
-        "problems": problems,
+        "counts": _count(f.status for f in check.images),
+        "file_kinds": _count(f.kind for f in check.files),
+        "formats": _count(f.format for f in check.images if f.format),
+        "problems": _count(code for f in check.files for code in f.problems),
         "resolution": resolution,
-        "below_resolution": below,
+        "below_resolution": [rel(p) for p in below],
         "buckets": dict(sorted(per_bucket.items(), key=lambda kv: -kv[1])),
         "missing_captions": [rel(f.path) for f in check.images if f.status != "rejected" and not f.has_caption],
         "multiline_captions": multiline,
         "orphan_captions": [rel(p) for p in check.orphan_captions],
         "exact_duplicate_groups": len(check.exact_duplicates),
         "near_duplicate_groups": len(check.near_duplicates),
-        "layout": layout,
+        "layout": "repeat folders" if repeat_folders and not loose else ("flat" if not repeat_folders else "mixed"),
         "repeat_folders": folders,
-        "samples_per_epoch": samples_per_epoch,
-        "warnings": warnings_,
+        "samples_per_epoch": sum(f.repeats for f in trained),
+        "warnings": _layout_warnings(root, folders, loose, multiline, len(check.orphan_captions)),
     }
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def _bucket_counts(usable, resolution: int, min_bucket: int, max_bucket: int, step: int,
+                   no_upscale: bool) -> tuple[dict[str, int], list[Path]]:
+    """({bucket: images}, images below the training resolution) as training will place them."""
+    buckets = None if no_upscale else make_buckets(resolution, min_bucket, max_bucket, step)
+    per_bucket: dict[str, int] = {}
+    below = []
+    for f in usable:
+        (bw, bh), (rw, rh) = select_bucket(f.width, f.height, buckets, resolution=resolution, step=step)
+        per_bucket[f"{bw}x{bh}"] = per_bucket.get(f"{bw}x{bh}", 0) + 1
+        # below resolution = training would upscale it to fill its bucket (the guide upscales those by hand);
+        # without upscaling it trains smaller than the model's resolution instead
+        if rw > f.width or rh > f.height or (buckets is None and bw * bh < 0.9 * resolution * resolution):
+            below.append(f.path)
+    return per_bucket, below
+
+
+def _layout_warnings(root: Path, folders: list[dict], loose: list[Path], multiline: list[str],
+                     orphans: int) -> list[str]:
+    """What a person should know about the folder layout and caption files before training."""
+    out = []
+    repeat_folders = [f for f in folders if f["repeats"] is not None]
+    if repeat_folders and loose:
+        out.append(f"{len(loose)} images sit directly in {root.name}/ beside N_name folders: tunebook trains them "
+                   "with the default repeats, kohya sd-scripts ignores them; move them into a repeat folder so "
+                   "both train the same images")
+    for f in folders:
+        if f["repeats"] == 0 and f["images"]:
+            out.append(f"folder {f['folder']!r} has 0 repeats: its {f['images']} images are not trained")
+        elif repeat_folders and f["repeats"] is None and f["images"]:
+            out.append(f"folder {f['folder']!r} is not named N_name: tunebook trains its {f['images']} images with "
+                       "the default repeats, kohya sd-scripts skips them")
+    if multiline:
+        out.append(f"{len(multiline)} caption files have more than one line: training reads only the first line "
+                   "(as kohya does); join the lines if all of it is the caption")
+    if orphans:
+        out.append(f"{orphans} caption files have no image")
+    return out
 
 
 def format_report(report: dict[str, object], check: DatasetCheck | None = None, limit: int = 30) -> str:
