@@ -6,7 +6,7 @@ cycle, only hidden). Two rules:
 - no cycle between modules;
 - a stage imports only stages of lower layers, never one of its own layer or a later one. Layers, lowest
   first: the spine (config, changes, workspace, environment, hub, templates, ui: these may use each other)
-  < models, dataset (formats on disk) < download, captioning (data in) < lora (LoRA files) < generation
+  < models (model files, encoders) < dataset (training images on disk; its advice uses encoders) < download, captioning (data in) < lora (LoRA files) < generation
   (images from any of them) < training (saves LoRAs, draws samples) < runner (training as a detached job)
   < ui.monitor (its live view) < evaluation < demo, the top-level CLI and the ``helpers.captions`` alias.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 LAYERS = [
     {"config", "changes", "workspace", "environment", "hub", "templates", "ui"},
-    {"models", "dataset"},
+    {"models"},
+    {"dataset"},
     {"download", "captioning"},
     {"lora"},
     {"generation"},
