@@ -114,7 +114,8 @@ def bench_steps(bundle, *, resolution: int, batch_size: int, steps: int, warmup:
     from helpers.training.components import DTYPES, choose_trained_models, model_family, prepare_models
     from helpers.training.config import ObjectiveConfig
     from helpers.training.loop import run_optimizer_step, start_accelerator
-    from helpers.training.optim import build_lr_scheduler, build_optimizer
+    from helpers.training.optim import build_optimizer
+    from helpers.training.schedules import LearningRateSchedule, RunPlan
     from helpers.training.progress import peak_memory_gb
 
     AcceleratorState._reset_state(True)
@@ -125,7 +126,9 @@ def bench_steps(bundle, *, resolution: int, batch_size: int, steps: int, warmup:
                    vae_dtype=torch.float32, gradient_checkpointing=gradient_checkpointing, attention="sdpa")
     optimizer = build_optimizer(trained.parameter_groups(), optimizer_name, weight_decay=0.01, betas=(0.9, 0.999),
                                 eps=1e-8)
-    scheduler = build_lr_scheduler(optimizer, "constant", 0, steps + warmup)
+    plan = RunPlan(epochs=[1], steps_per_epoch=[steps + warmup],
+                   learning_rates=[{g["name"]: g["lr"] for g in optimizer.param_groups}])
+    scheduler = LearningRateSchedule(optimizer, plan, "constant", warmup_steps=0, total_steps=steps + warmup)
     names = list(trained.modules)
     *wrapped, optimizer = accelerator.prepare(*trained.modules.values(), optimizer)
     modules = dict(zip(names, wrapped, strict=True))
