@@ -134,7 +134,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
         batches = data.batches(position.epoch)
         remaining = batches[position.batch_in_epoch:]
         for chunk in step_chunks(data.loader(remaining), o.gradient_accumulation_steps):
-            started = time.monotonic()
+            started, lrs = time.monotonic(), effective_learning_rates(optimizer)  # the LRs this step uses
             # forward + backward over the chunk's batches, then one clipped optimizer step, then the EMA
             loss = run_optimizer_step(chunk, accelerator, wrapped, optimizer, scheduler, o.max_grad_norm, settings)
             position = Position(position.step + 1, position.epoch, position.batch_in_epoch + len(chunk))
@@ -143,7 +143,6 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
             # log: loss, LR, speed, memory, time left
             elapsed = time.monotonic() - started
             step_time = elapsed if step_time is None else 0.9 * step_time + 0.1 * elapsed
-            lrs = effective_learning_rates(optimizer)
             monitor.step({"step": position.step, "epoch": position.epoch + 1, "loss": loss,
                           "lr": next(iter(lrs.values())), "lrs": lrs, "s_per_step": round(elapsed, 4),
                           "images_per_s": round(images_per_step / elapsed, 3),
