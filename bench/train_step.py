@@ -115,8 +115,8 @@ def bench_steps(bundle, *, resolution: int, batch_size: int, steps: int, warmup:
     from helpers.training.config import ObjectiveConfig
     from helpers.training.loop import run_optimizer_step, start_accelerator
     from helpers.training.optim import build_optimizer
-    from helpers.training.schedules import LearningRateSchedule, RunPlan
     from helpers.training.progress import peak_memory_gb
+    from helpers.training.schedules import LearningRateSchedule, RunPlan
 
     AcceleratorState._reset_state(True)
     accelerator = start_accelerator(mixed_precision, device, train_text_encoder)
