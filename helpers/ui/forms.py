@@ -242,7 +242,9 @@ class ConfigForm:
         """The validated config; raises ``ConfigError`` (and marks the fields) when something is wrong."""
         problems = self.problems()
         for key, row in self.rows.items():
-            row.show(problems.get(key))
+            # an item of a list of tables ("stages[1].resolution") is marked on the list's row
+            inner = [f"{k[len(key):]}: {m}" for k, m in problems.items() if k.startswith(key + "[")]
+            row.show(problems.get(key) or "; ".join(inner) or None)
         if problems:
             self.status.value = (f"<span style='color:#c00'>{len(problems)} problem(s): fix the marked "
                                  "field(s)</span>")
