@@ -128,5 +128,5 @@ def test_stage_tables_are_edited_one_inline_table_per_line():
     row.input.value = "{epochs = 16, resolutoin = 512}"
     assert "stages[0].resolutoin" in form.problems()
     with pytest.raises(ConfigError):
-        form.value
+        _ = form.value
     assert "resolutoin" in row.message.value  # shown next to the stages field
