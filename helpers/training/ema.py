@@ -37,7 +37,8 @@ class EmaConfig:
     update_every: int = option(1, min=1, max=10_000, help="update every N optimizer steps (β^N per update, "
                                "so the averaging window stays the same)", group="advanced")
     device: Literal["auto", "cpu"] = option("auto", help="where the EMA copy lives: auto = beside the weights "
-                                            "(fast), cpu = saves GPU memory (slower steps)")
+                                            "(fast), cpu = saves GPU memory, but each update copies the weights "
+                                            "out (SDXL: seconds per update: raise update_every)")
     save_trained_too: bool = option(False, help="also save the raw trained weights beside each EMA model file "
                                     "(<name>-noema.safetensors)")
 
