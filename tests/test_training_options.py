@@ -204,3 +204,24 @@ def test_tensorboard_events_are_written_into_the_run_folder(tiny_sd15_dir, tmp_p
     off = tiny_config(tiny_sd15_dir, make_dataset(tmp_path / "ds"), **{"epochs": 1, "logging.tensorboard": False})
     train(off, tmp_path / "off", show_progress=False)
     assert not (tmp_path / "off" / "tensorboard").exists()
+
+
+@pytest.mark.parametrize("optimizer,extra", [("Lion", {}), ("Lion8bit", {}), ("PagedAdamW8bit", {}),
+                                             ("Prodigy", {"optimizer.learning_rate": 1.0}), ("ADOPT", {}),
+                                             ("Adafactor", {"optimizer.adafactor_relative_step": True})])
+def test_each_optimizer_trains_in_the_loop_and_logs_its_real_step_size(optimizer, extra, tiny_sd15_dir, tmp_path):
+    from helpers.training.loop import train
+    from helpers.training.progress import read_log
+
+    cfg = tiny_config(tiny_sd15_dir, make_dataset(tmp_path / "ds"), **{"optimizer.optimizer": optimizer,
+                                                                        "epochs": 1, **extra})
+    train(cfg, tmp_path / "run", show_progress=False)
+    steps = [r for r in read_log(tmp_path / "run" / "log.jsonl") if "event" not in r]
+    assert len(steps) == 2 and all(np.isfinite(r["loss"]) for r in steps)
+    lr = steps[-1]["lrs"]["unet"]
+    if optimizer == "Prodigy":
+        assert 0 < lr < 1.0  # d · lr, not the configured 1.0
+    elif optimizer == "Adafactor":
+        assert 0 < lr != 1e-3  # its own relative step, not the configured LR
+    else:
+        assert lr == 1e-3

@@ -376,7 +376,9 @@ def save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema=N
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"tunebook.run": run_root.name, "tunebook.step": str(position.step),
                 "tunebook.epoch": str(position.epoch), "tunebook.base_model": cfg.model.base_model,
-                "tunebook.ema": str(ema is not None).lower()}
+                "tunebook.ema": str(ema is not None).lower(),
+                # samplers must use the rescaled schedule too (ComfyUI's marker key is still to be written)
+                "tunebook.zero_terminal_snr": str(cfg.objective.zero_terminal_snr).lower()}
         with ema.swapped_into() if ema is not None else _nothing():
             save_model_file(path, bundle, precision=cfg.saving.save_precision, metadata=meta)
         if ema is not None and cfg.ema.save_trained_too:

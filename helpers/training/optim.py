@@ -137,14 +137,14 @@ def build_optimizer(groups: list[dict], name: str, *, weight_decay: float, betas
 
 def effective_learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """The step size each group really uses: Prodigy's d·lr, Adafactor's relative step, else the group's lr."""
-    out = {}
-    for index, group in enumerate(optimizer.param_groups):
+    out, inner = {}, getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
+    for index, group in enumerate(inner.param_groups):
         name = group.get("name", str(index))
         if "d" in group and "d_coef" in group:  # Prodigy
-            out[name] = group["d"] * group["lr"]
+            out[name] = float(group["d"] * group["lr"])
         elif group.get("relative_step"):
-            state = next((optimizer.state[p] for p in group["params"] if p in optimizer.state), None)
-            out[name] = type(optimizer)._get_lr(group, state) if state else 0.0
+            state = next((inner.state[p] for p in group["params"] if p in inner.state), None)
+            out[name] = float(type(inner)._get_lr(group, state)) if state else 0.0
         else:
             out[name] = group["lr"]
     return out
