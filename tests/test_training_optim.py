@@ -187,6 +187,13 @@ def test_optimizer_defaults_fill_empty_betas():
     assert lion["betas"] == (0.9, 0.99)
     adopt = OptimizerConfig(optimizer="ADOPT", adam_beta2=0.99).optimizer_arguments()
     assert adopt["betas"] == (0.9, 0.99) and adopt["eps"] == 1e-6
+    prodigy = OptimizerConfig(optimizer="Prodigy", prodigy_d_coef=0.5, prodigy_d0=1e-5, prodigy_safeguard_warmup=True,
+                              prodigy_use_bias_correction=True, weight_decay=0.1).optimizer_arguments()
+    assert {k: prodigy[k] for k in ("d_coef", "d0", "safeguard_warmup", "use_bias_correction", "weight_decay")} == {
+        "d_coef": 0.5, "d0": 1e-5, "safeguard_warmup": True, "use_bias_correction": True, "weight_decay": 0.1}
+    adafactor = OptimizerConfig(optimizer="Adafactor", adafactor_relative_step=True,
+                                adafactor_warmup_init=True).optimizer_arguments()
+    assert adafactor["relative_step"] and adafactor["warmup_init"]
     with pytest.raises(ValueError, match="optimizer must be one of"):
         optim.build_optimizer([{"params": [_param()], "lr": 1.0}], "AdaCoor", weight_decay=0.0, betas=(0.9, 0.9),
                               eps=1e-8)

@@ -225,3 +225,18 @@ def test_each_optimizer_trains_in_the_loop_and_logs_its_real_step_size(optimizer
         assert 0 < lr != 1e-3  # its own relative step, not the configured LR
     else:
         assert lr == 1e-3
+
+
+@pytest.mark.parametrize("schedule,options,expected", [
+    ("cosine_with_restarts", {"optimizer.lr_cycles": 2}, [1.0, 0.5, 1.0, 0.5]),
+    ("polynomial", {"optimizer.lr_power": 2.0, "optimizer.lr_end_ratio": 0.2}, [1.0, 0.65, 0.4, 0.25]),
+    ("linear", {"optimizer.lr_warmup_steps": 2}, [0.0, 0.5, 1.0, 0.5])])
+def test_schedule_options_reach_the_loop(schedule, options, expected, tiny_sd15_dir, tmp_path):
+    from helpers.training.loop import train
+    from helpers.training.progress import read_log
+
+    cfg = tiny_config(tiny_sd15_dir, make_dataset(tmp_path / "ds"), **{"optimizer.lr_scheduler": schedule,
+                                                                        **options})
+    train(cfg, tmp_path / "run", show_progress=False)
+    lrs = [r["lrs"]["unet"] / 1e-3 for r in read_log(tmp_path / "run" / "log.jsonl") if "event" not in r]
+    assert lrs == pytest.approx(expected)
