@@ -25,6 +25,7 @@ from helpers.dataset import (
     parse_repeat_folder,
     reject_files,
 )
+from tests.pictures import HIST, assert_picture
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -247,9 +248,10 @@ def test_layout_repeat_folder_moves_sidecars(tmp_path):
 def test_pictures_for_people(corpus):
     root, _ = corpus
     check = check_dataset(root, progress=False)
-    sheet = dataset.problems_sheet(check)
-    assert sheet is not None and sheet.width > 100
-    assert dataset.resolution_histogram(check) is not None
+    bad = [f for f in check.images if f.status in ("fixable", "rejected")]
+    sheet = assert_picture(dataset.problems_sheet(check))  # one thumbnail per problem image, not a blank canvas
+    assert bad and sheet.width >= min(len(bad), 6) * 160  # up to 6 columns of 160 px thumbnails
+    assert_picture(dataset.resolution_histogram(check), size=(700, 360), colour=HIST)  # bars are drawn
     assert dataset.duplicates_sheet(check) is None  # no duplicates in this corpus
 
 
