@@ -105,7 +105,7 @@ class TrainingMonitor:
     def watching(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def watch(self, every: float = 1.0, timeout: float | None = None) -> None:
+    def watch(self, timeout: float | None = None, every: float = 1.0) -> None:
         """Refresh every ``every`` s from a background thread until the run's process ends (or ``timeout`` s).
 
         Returns at once: the kernel stays free for the next cells. Watching the same run again (a re-run cell,
