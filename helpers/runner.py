@@ -3,7 +3,8 @@
 ``start_job`` writes the run's ``config.toml`` and launches ``python -m helpers.training RUN/config.toml`` (or
 ``accelerate launch`` for several GPUs) in its own session, with stdout/stderr in ``RUN/stdout.log`` and the
 process id in ``RUN/job.json``. A closed browser tab or a restarted kernel loses nothing: ``job_status`` reads
-the files the trainer writes (``status.json``, ``log.jsonl``) and checks whether the process still lives.
+the status the trainer writes and checks whether the process still lives. Every file name comes from
+``helpers.workspace.RunPaths``; the log is read with ``helpers.training.progress``.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def start_job(run: RunPaths, config: Any = None, *, num_gpus: int = 1, resume: s
     cmd = training_command(run.config, num_gpus=num_gpus, resume=resume, workspace=run.root.parent.parent)
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH")]))
-    write_text_atomic(run.root / "status.json", json.dumps({"state": "starting", "step": 0}))
+    write_text_atomic(run.status, json.dumps({"state": "starting", "step": 0}))
     with open(run.stdout, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
                                 env=child_env, start_new_session=True)  # own session: survives the kernel
@@ -118,7 +119,7 @@ def job_status(run: RunPaths) -> JobStatus:
     job = read_json(run.job)
     pid = job.get("pid")
     alive = _pid_alive(pid)
-    status = read_json(run.root / "status.json")
+    status = read_json(run.status)
     if not job and not status:
         return JobStatus("not started", False)
     state = status.get("state", "starting")
@@ -173,33 +174,6 @@ def wait_job(run: RunPaths, timeout: float | None = None, poll: float = 0.5) -> 
         if not status.alive or (timeout is not None and time.time() - t0 > timeout):
             return status
         time.sleep(poll)
-
-
-def read_log(run: RunPaths, since: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Log lines appended since byte offset ``since``; returns (records, new offset). Partial lines wait."""
-    try:
-        with open(run.log, "rb") as fh:
-            fh.seek(since)
-            data = fh.read()
-    except OSError:
-        return [], since
-    end = data.rfind(b"\n") + 1
-    records = []
-    for line in data[:end].splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records, since + end
-
-
-def loss_curve(run: RunPaths) -> list[tuple[int, float]]:
-    """(step, loss) per step; after a resume the last line for a step wins."""
-    per_step: dict[int, float] = {}
-    for rec in read_log(run)[0]:
-        if "step" in rec and rec.get("loss") is not None and "event" not in rec:
-            per_step[int(rec["step"])] = float(rec["loss"])
-    return sorted(per_step.items())
 
 
 def suggest_template(vram_gb: float | None) -> str:

@@ -8,7 +8,8 @@ Vast.ai/RunPod where ``/workspace`` is the persistent volume, else ``./workspace
       workspace.toml          marker + format version
       datasets/<name>/        images with .txt captions (kohya N_name subfolders allowed)
       models/<name>/          base models (single files or diffusers folders) + model.json (hash, kind)
-      runs/<name>/            config.toml, log.jsonl, checkpoints/, samples/, state/, job.json
+      runs/<name>/            one training run: config.toml, status.json, log.jsonl, checkpoints/,
+                              samples/, state/ ... (``RunPaths`` names every file)
       exports/                LoRAs, merged checkpoints, model cards ready to upload
       cache/                  Hugging Face cache, latent caches, downloads in progress
 """
@@ -70,7 +71,18 @@ def name_problem(name: str, key: str, what: str = "name") -> dict[str, str]:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Files of one training run."""
+    """Every file of one training run: the one place that names them (trainer, runner and monitor ask here).
+
+        <run>/
+          config.toml     the settings it runs with (written before the process starts)
+          job.json        the detached process: pid, command line, start time, whether a stop was asked
+          stdout.log      the process's own stdout/stderr (tracebacks, out-of-memory kills)
+          status.json     the trainer's current state, rewritten atomically: what a monitor polls
+          log.jsonl       one JSON object per optimizer step or event, append-only
+          checkpoints/    single-file models (periodic ones and the final ``<run>.safetensors``)
+          samples/        pictures generated during training
+          state/          resumable training states (``step-00001200/``)
+    """
 
     root: Path
 
@@ -81,6 +93,18 @@ class RunPaths:
     @property
     def config(self) -> Path:
         return self.root / "config.toml"
+
+    @property
+    def job(self) -> Path:
+        return self.root / "job.json"
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / "stdout.log"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
 
     @property
     def log(self) -> Path:
@@ -99,17 +123,19 @@ class RunPaths:
         return self.root / "state"
 
     @property
-    def job(self) -> Path:
-        return self.root / "job.json"
-
-    @property
-    def stdout(self) -> Path:
-        return self.root / "stdout.log"
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (Vast's portal TensorBoard reads the workspace)."""
+        return self.root / "tensorboard"
 
     def create(self) -> RunPaths:
         for d in (self.root, self.checkpoints, self.samples, self.state):
             d.mkdir(parents=True, exist_ok=True)
         return self
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | os.PathLike) -> RunPaths:
+        """The run a checkpoint file belongs to (``<run>/checkpoints/<file>``)."""
+        return cls(Path(checkpoint).parent.parent)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from helpers.captioning.demo import run_demo
 from helpers.captioning.sidecar import load_record
 from helpers.dataset.caption_files import caption_path, read_caption
 from helpers.dataset.files import list_images
+from tests.pictures import BAR, assert_picture
 
 
 def test_run_demo_tags_the_demo_dataset_and_keeps_filename_captions(workspace):
@@ -88,7 +89,8 @@ def test_notebook_helpers_cope_with_empty_workspaces_and_preselect_local_models(
     assert len(planned) == 12 and "zkx" in capsys.readouterr().out
     edit = notebook.apply_curation(planned, RenderConfig())
     assert edit is not None and "undo with: python -m helpers.captioning undo" in capsys.readouterr().out
-    assert notebook.caption_sheet(folder).size[0] > 0 and notebook.tag_chart(folder) is not None
+    assert_picture(notebook.caption_sheet(folder))
+    assert_picture(notebook.tag_chart(folder), colour=BAR)  # the tag counts are drawn as bars
 
 
 def test_every_captioning_config_round_trips_through_its_form_and_toml(tmp_path):

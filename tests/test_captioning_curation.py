@@ -11,6 +11,7 @@ from helpers.captioning import curation as C
 from helpers.captioning import sidecar as S
 from helpers.captioning.editor import CaptionEditor, TagTable
 from helpers.dataset.caption_files import CaptionError, caption_path, read_caption
+from tests.pictures import BAR, assert_picture
 
 
 def rec(tags=(), caption=None, keep=0):
@@ -164,7 +165,8 @@ def test_caption_editor_and_tag_table_widgets_save_and_undo(tmp_path):
     assert len(editor.grid.children) == 2 and editor.page_label.value.startswith("page 2 / 2")
 
     table = TagTable(tmp_path / "ds", S.RenderConfig(format="tags"))
-    assert table.tags == ["1girl", "smile", "text"] and table.chart.value  # equal counts: alphabetical
+    assert table.tags == ["1girl", "smile", "text"]  # equal counts: alphabetical
+    assert_picture(table.chart.value, colour=BAR)  # the counts are drawn, not an empty image
     table.boxes[table.tags.index("text")].value = True
     table.guard(table.preview)
     table.apply("remove")

@@ -20,6 +20,7 @@ from helpers.dataset.demo import draw_demo_image, make_demo_dataset
 from helpers.dataset.files import list_images, parse_repeat_folder
 from helpers.dataset.fix import fix_images, layout_repeat_folder, reject_files
 from helpers.dataset.report import dataset_report, duplicates_sheet, problems_sheet, resolution_histogram
+from tests.pictures import HIST, assert_picture
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -243,9 +244,10 @@ def test_layout_repeat_folder_moves_sidecars(tmp_path):
 def test_pictures_for_people(corpus):
     root, _ = corpus
     check = check_dataset(root, progress=False)
-    sheet = problems_sheet(check)
-    assert sheet is not None and sheet.width > 100
-    assert resolution_histogram(check) is not None
+    bad = [f for f in check.images if f.status in ("fixable", "rejected")]
+    sheet = assert_picture(problems_sheet(check))  # one thumbnail per problem image, not a blank canvas
+    assert bad and sheet.width >= min(len(bad), 6) * 160  # up to 6 columns of 160 px thumbnails
+    assert_picture(resolution_histogram(check), size=(700, 360), colour=HIST)  # bars are drawn
     assert duplicates_sheet(check) is None  # no duplicates in this corpus
 
 

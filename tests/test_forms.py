@@ -35,6 +35,26 @@ def test_invalid_values_marked_next_to_field():
     assert form.value.seed is None and form.rows["seed"].message.value == ""
 
 
+def test_value_is_parsed_once_and_checked_by_config_validate(monkeypatch):
+    import helpers.ui.forms as forms_mod
+    from helpers.config import validate
+
+    form = config_form(Demo)
+    form.rows["optimizer"].input.value = "adamw"
+    form.rows["epochs"].input.value = 2000  # valid alone; the class's own check refuses it with adamw
+    parses = []
+    monkeypatch.setattr(forms_mod, "from_dict", lambda *a, **k: parses.append(a) or from_dict(*a, **k))
+    with pytest.raises(ConfigError) as err:
+        _ = form.value
+    assert len(parses) == 1, "the widgets' data was parsed more than once"
+    assert err.value.problems == validate(Demo(optimizer="adamw", epochs=2000)) == {"epochs": "too many for adamw"}
+    assert "too many for adamw" in form.rows["epochs"].message.value
+    form.rows["epochs"].input.value = 20
+    parses.clear()
+    cfg = form.value
+    assert len(parses) == 1 and (cfg.optimizer, cfg.epochs) == ("adamw", 20) and validate(cfg) == {}
+
+
 def test_secret_uses_password_widget_and_groups_collapse():
     import ipywidgets as w
 

@@ -42,7 +42,8 @@ def test_estimate_for_a_workspace_config(demo_workspace):
     cfg = runner.suggest_train_config(ws, "demo_tiny")
     est = estimate_config(cfg, ws, gpu_name="NVIDIA A100-SXM4-80GB", vram_gb=80.0, price_per_hour=1.0)
     assert est.total_images == 12 * cfg.epochs  # 12 demo images, 1 repeat
-    assert est.fits and est.cost is not None and "VRAM" in est.summary()
+    assert est.fits and est.hours > 0 and est.cost == pytest.approx(est.hours * 1.0)  # hours x price per hour
+    assert f"≈ {est.cost:.2f} at your price" in est.summary() and "VRAM" in est.summary()
 
 
 def test_new_optimizers_and_ema_change_the_memory_estimate():

@@ -16,11 +16,14 @@ from helpers.lora.extract import ExtractConfig, ExtractError, extract_from_confi
 from helpers.lora.formats import LoraFileError
 from helpers.lora.report import fidelity_chart, format_summary, layer_chart
 from helpers.lora.resize import ResizeConfig, resize_from_config
+from helpers.ui.errors import stage_failed
+from helpers.workspace import RunPaths
 
 
 def list_checkpoints(ws) -> list[Path]:
     """Training outputs in the workspace, newest first."""
-    found = [p for p in ws.runs.glob("*/checkpoints/*.safetensors")] if ws.runs.is_dir() else []
+    runs = [RunPaths(ws.runs / name) for name in ws.list_runs()] if ws.runs.is_dir() else []
+    found = [p for run in runs for p in run.checkpoints.glob("*.safetensors")]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -34,7 +37,7 @@ def list_base_models(ws) -> list[Path]:
 
 def run_base(ws, checkpoint: Path) -> Path | None:
     """The base model recorded in the checkpoint's run config, resolved against the workspace."""
-    config = checkpoint.parent.parent / "config.toml"
+    config = RunPaths.of_checkpoint(checkpoint).config
     try:
         base = tomllib.loads(config.read_text(encoding="utf-8")).get("model", {}).get("base_model", "")
     except (OSError, tomllib.TOMLDecodeError):
@@ -52,23 +55,24 @@ def suggest_extract_config(ws, rank: int = 128) -> ExtractConfig:
     base = (run_base(ws, tuned) if tuned else None) or next(iter(list_base_models(ws)), None)
     out = ""
     if tuned is not None:
-        out = str(ws.exports / f"{tuned.parent.parent.name}-{tuned.stem}-lora-r{rank}.safetensors")
+        out = str(ws.exports / f"{RunPaths.of_checkpoint(tuned).name}-{tuned.stem}-lora-r{rank}.safetensors")
     return ExtractConfig(base=str(base or ""), tuned=str(tuned or ""), out=out, rank=rank)
 
 
 def describe_choices(ws) -> str:
     models, checkpoints = list_base_models(ws), list_checkpoints(ws)
     lines = [f"base models in {ws.models}: " + (", ".join(p.name for p in models) or "none (use notebook 01)"),
-             "training checkpoints: " + (", ".join(f"{p.parent.parent.name}/{p.name}" for p in checkpoints[:6])
+             "training checkpoints: " + (", ".join(f"{RunPaths.of_checkpoint(p).name}/{p.name}" for p in checkpoints[:6])
                                          or "none yet (use notebook 04, or pick any fine-tuned model file)")]
     return "\n".join(lines)
 
 
-def _explain(exc: Exception) -> None:
+def _explain(exc: Exception, stage: str) -> None:
     if isinstance(exc, ConfigError):
-        print("Fix these fields first:\n  " + "\n  ".join(f"{k}: {v}" for k, v in exc.problems.items()))
+        stage_failed("Fix these fields first:\n  " + "\n  ".join(f"{k}: {v}" for k, v in exc.problems.items()),
+                     stage)
     else:
-        print(f"Nothing was written: {exc}")
+        stage_failed(f"Nothing was written: {exc}", stage)
 
 
 def run_extract(form) -> dict | None:
@@ -76,7 +80,7 @@ def run_extract(form) -> dict | None:
     try:
         result = extract_from_config(form.value)
     except (ConfigError, ExtractError, LoraFileError, ValueError, OSError) as exc:
-        _explain(exc)
+        _explain(exc, "extract")
         return None
     print(format_summary(result))
     return result
@@ -108,7 +112,7 @@ def run_resize(form) -> dict | None:
     try:
         result = resize_from_config(form.value)
     except (ConfigError, LoraFileError, ValueError, OSError) as exc:
-        _explain(exc)
+        _explain(exc, "resize")
         return None
     before, after = result["source_size_bytes"], result["size_bytes"]
     print(format_summary(result))

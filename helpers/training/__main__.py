@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from helpers.training.config import TrainConfig
     from helpers.training.data import DataError
     from helpers.training.loop import TrainingError, resolve_dataset, train
-    from helpers.workspace import Workspace
+    from helpers.workspace import RunPaths, Workspace
 
     config_path = Path(args.config)
     try:
@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(report.summary())
         return 0
-    if config_path.resolve() != (run_dir / "config.toml").resolve():
-        save_config(cfg, run_dir / "config.toml")  # the run folder always holds what it ran with
+    run = RunPaths(run_dir)
+    if config_path.resolve() != run.config.resolve():
+        save_config(cfg, run.config)  # the run folder always holds what it ran with
     show = {"auto": None, "on": True, "off": False}[args.progress]
     try:
         result = train(cfg, run_dir, resume=args.resume, models_dir=ws.models if ws else None,

@@ -36,6 +36,7 @@ from helpers.training.optim import build_optimizer, effective_learning_rates
 from helpers.training.progress import RunMonitor, peak_memory_gb
 from helpers.training.schedules import LearningRateSchedule, RunPlan, StageConfig, stage_learning_rates
 from helpers.training.trackers import open_trackers
+from helpers.workspace import RunPaths
 
 
 class TrainingError(RuntimeError):
@@ -55,7 +56,7 @@ def train(cfg: TrainConfig, run_root: Path, *, resume: str | None = None, models
           cache_dir: Path | None = None, show_progress: bool | None = None) -> dict:
     """Train ``cfg`` into ``run_root``; ``resume`` = "latest" or a state folder. Returns a summary."""
     accelerator = start_accelerator(cfg.precision.mixed_precision, cfg.device, cfg.optimizer.train_text_encoder)
-    monitor = RunMonitor(run_root, enabled=accelerator.is_main_process, show_bar=show_progress)
+    monitor = RunMonitor(RunPaths(Path(run_root)), enabled=accelerator.is_main_process, show_bar=show_progress)
     if accelerator.is_main_process:
         monitor.trackers, warnings = open_trackers(cfg.logging.tensorboard, cfg.logging.wandb,
                                                    cfg.logging.wandb_project, Path(run_root), to_dict(cfg))
@@ -73,7 +74,8 @@ def train(cfg: TrainConfig, run_root: Path, *, resume: str | None = None, models
 
 def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_dir) -> dict:
     p, o, device = cfg.precision, cfg.optimizer, accelerator.device
-    if not resume and ckpt.find_latest_state(run_root / "state"):
+    run = RunPaths(run_root)  # every file of the run is named there
+    if not resume and ckpt.find_latest_state(run.state):
         raise TrainingError(f"{run_root} already holds training state from an earlier start: continue it with "
                             "--resume latest, or train into a new run folder (nothing was overwritten)")
     torch.manual_seed(cfg.seed)
@@ -115,7 +117,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     # 5. Resume: weights, optimizer, schedule, EMA, RNGs and data position from the newest (or given) state
     position = Position()
     if resume:
-        position = restore_training_state(resume, run_root / "state", cfg, trained, optimizer, scheduler,
+        position = restore_training_state(resume, run.state, cfg, trained, optimizer, scheduler,
                                           accelerator, monitor, ema)
     monitor.event("resume" if resume else "start", step=position.step, total_steps=total_steps,
                   trained=names, device=str(device), processes=accelerator.num_processes)
@@ -369,7 +371,7 @@ def save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema=N
                     final=False) -> Path:
     """A single-file model now (main process), pruning older periodic ones. With EMA on the file holds the EMA
     weights (and ``-noema`` the trained ones, when ``ema.save_trained_too``)."""
-    folder = run_root / "checkpoints"
+    folder = RunPaths(run_root).checkpoints
     path = folder / ckpt.checkpoint_name(run_root.name, epoch=epoch, step=step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -401,7 +403,7 @@ def save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monito
                    "batches_in_epoch": len(batches), "config": to_dict(cfg), "saved_at": time.time(),
                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                    "rng": ckpt.capture_rng_states()}
-        path = ckpt.save_training_state(run_root / "state", position.step, weights=trained.state_dict(),
+        path = ckpt.save_training_state(RunPaths(run_root).state, position.step, weights=trained.state_dict(),
                                         optimizer_state=optimizer.state_dict(), trainer=trainer,
                                         keep_last=cfg.saving.keep_last_states,
                                         ema_weights=ema.state_dict() if ema is not None else None)

@@ -1,5 +1,9 @@
 """What a running training job tells the outside world: ``log.jsonl``, ``status.json`` and a progress bar.
 
+This module owns both formats: the trainer writes them (``RunMonitor``) and every reader (the runner, the
+notebook monitor, the tests) reads the log through ``read_log`` / ``read_log_since`` / ``step_losses``. The
+file names come from ``helpers.workspace.RunPaths``.
+
 ``log.jsonl`` (append-only, one JSON object per line, flushed each line) holds
 - step lines: ``{"step", "epoch", "loss", "lr", "lrs", "images_per_s", "s_per_step", "peak_memory_gb", "eta_s",
   "time"}`` (``loss`` is the mean over the step's accumulated batches; ``lrs`` the effective LR per model;
@@ -22,15 +26,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from helpers.changes import write_text_atomic
 from helpers.training.trackers import numeric_metrics
+from helpers.workspace import RunPaths
 
 
-def peak_memory_gb(device: torch.device) -> float:
+def peak_memory_gb(device) -> float:
     """Peak accelerator memory allocated by torch, or the process's peak resident memory on CPU."""
     if device.type == "cuda":
+        import torch  # here, not at the top: the notebook kernel reads logs without loading torch
+
         return torch.cuda.max_memory_allocated(device) / 1e9
     try:
         import resource
@@ -43,9 +48,9 @@ def peak_memory_gb(device: torch.device) -> float:
 class RunMonitor:
     """Writes the log and status of one run (only on the main process) and drives the progress bar."""
 
-    def __init__(self, run_root: Path, *, enabled: bool = True, show_bar: bool | None = None):
-        self.root, self.enabled = Path(run_root), enabled
-        self.log_path, self.status_path = self.root / "log.jsonl", self.root / "status.json"
+    def __init__(self, run: RunPaths, *, enabled: bool = True, show_bar: bool | None = None):
+        self.root, self.enabled = run.root, enabled
+        self.log_path, self.status_path = run.log, run.status
         self.status: dict = {"state": "starting", "pid": os.getpid(), "error": None}
         self.show_bar = enabled and (sys.stderr.isatty() if show_bar is None else show_bar)
         self.bar = None
@@ -112,19 +117,41 @@ class RunMonitor:
             fh.write(json.dumps(record, default=str) + "\n")
 
 
-def read_log(path: Path) -> list[dict]:
-    """Every parseable line of a ``log.jsonl`` (a torn last line from a kill is ignored)."""
-    out = []
-    if not Path(path).exists():
-        return out
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+def read_log_since(path: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """The complete lines of a ``log.jsonl`` after byte ``offset``, and the offset to continue from.
+
+    A last line without its newline is being written (or was torn by a kill): it is left for the next call.
+    Unparseable lines are skipped. A missing file reads as empty.
+    """
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    records = []
+    for line in data[:end].splitlines():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            records.append(json.loads(line))
+        except ValueError:
             continue
-    return out
+    return records, offset + end
+
+
+def read_log(path: Path) -> list[dict]:
+    """Every complete, parseable line of a ``log.jsonl``."""
+    return read_log_since(path)[0]
+
+
+def add_step_losses(records: list[dict], losses: dict[int, float]) -> dict[int, float]:
+    """Fold the step lines of ``records`` into ``losses`` (step -> loss; after a resume the last line wins)."""
+    for rec in records:
+        if "event" not in rec and "step" in rec and rec.get("loss") is not None:
+            losses[int(rec["step"])] = float(rec["loss"])
+    return losses
 
 
 def step_losses(path: Path) -> dict[int, float]:
     """Loss per step from a log (for a resumed run, the last record of each step)."""
-    return {r["step"]: r["loss"] for r in read_log(path) if "step" in r and "loss" in r and "event" not in r}
+    return add_step_losses(read_log(path), {})

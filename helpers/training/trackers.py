@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.config import option
+from helpers.workspace import RunPaths
 
 
 @dataclass
@@ -208,7 +209,7 @@ def open_trackers(tensorboard: bool, wandb: bool, wandb_project: str, run_root: 
     """(trackers, warnings): TensorBoard when on; W&B when on, installed and logged in, else a warning."""
     trackers, warnings = [], []
     if tensorboard:
-        trackers.append(TensorBoardTracker(Path(run_root) / "tensorboard"))
+        trackers.append(TensorBoardTracker(RunPaths(Path(run_root)).tensorboard))
     if wandb:
         try:
             import wandb as _wandb  # noqa: F401

@@ -31,7 +31,9 @@ from helpers.config import (
     save_config,
     to_dict,
     type_name,
+    validate,
 )
+from helpers.ui.errors import error_html
 
 _MISSING = object()
 
@@ -137,7 +139,7 @@ class FieldRow:
 
     def show(self, problem: str | None) -> None:
         if problem:
-            self.message.value = f"<span style='color:#c00'>&#9888; {html.escape(problem)}</span>"
+            self.message.value = error_html(problem, icon=True)
         elif self.kind == "path":
             self._check_path()
         else:
@@ -151,12 +153,11 @@ class FieldRow:
             self.message.value = ""
 
 
-def _message_html(exc: BaseException) -> str:
+def _message_text(exc: BaseException) -> str:
     """An exception as the form shows it: its text, one line per problem (ConfigError lists one per line)."""
-    text = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename:
-        text = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
-    return "<br>".join(html.escape(line) for line in text.splitlines())
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return str(exc) or type(exc).__name__
 
 
 class ConfigForm:
@@ -229,28 +230,34 @@ class ConfigForm:
             node[leaf] = value
         return data
 
-    def problems(self) -> dict[str, str]:
+    def parse(self) -> tuple[Any, dict[str, str]]:
+        """(config, {}) when the widgets hold a valid config, else (None or the config, {field: problem}).
+
+        The widgets' data is parsed once (``from_dict``) and checked by ``helpers.config.validate``: the same
+        rules as a TOML file or the command line, with no second copy here.
+        """
         try:
             cfg = from_dict(self.cls, self.raw())
         except ConfigError as exc:
-            return dict(exc.problems)
-        check = getattr(cfg, "check", None)
-        return dict(check() or {}) if callable(check) else {}
+            return None, dict(exc.problems)
+        return cfg, validate(cfg)
+
+    def problems(self) -> dict[str, str]:
+        return self.parse()[1]
 
     @property
     def value(self) -> Any:
         """The validated config; raises ``ConfigError`` (and marks the fields) when something is wrong."""
-        problems = self.problems()
+        cfg, problems = self.parse()
         for key, row in self.rows.items():
             # an item of a list of tables ("stages[1].resolution") is marked on the list's row
             inner = [f"{k[len(key):]}: {m}" for k, m in problems.items() if k.startswith(key + "[")]
             row.show(problems.get(key) or "; ".join(inner) or None)
         if problems:
-            self.status.value = (f"<span style='color:#c00'>{len(problems)} problem(s): fix the marked "
-                                 "field(s)</span>")
+            self.status.value = error_html(f"{len(problems)} problem(s): fix the marked field(s)")
             raise ConfigError(problems, self.cls.__name__)
         self.status.value = ""
-        return from_dict(self.cls, self.raw())
+        return cfg
 
     @value.setter
     def value(self, cfg: Any) -> None:
@@ -278,9 +285,9 @@ class ConfigForm:
             try:
                 fn()
             except (ValueError, OSError) as exc:  # the user's input (bad value, bad file): the message says the fix
-                self.status.value = f"<span style='color:#c00'>{_message_html(exc)}</span>"
+                self.status.value = error_html(_message_text(exc))
             except Exception as exc:  # our bug: the message, and the traceback below it for the report
-                self.status.value = f"<span style='color:#c00'>{_message_html(exc)}</span>"
+                self.status.value = error_html(_message_text(exc))
                 raise
 
     def _on_template(self, change) -> None:

@@ -1,20 +1,29 @@
 """A live view of a detached training run: progress with rate and ETA, the loss curve, the newest samples.
 
-Everything shown is read from the run folder (``status.json``, ``log.jsonl``, ``samples/``), so a reloaded
-page or a restarted kernel shows the same run again: make a new monitor on the run and watch. ``watch()``
-refreshes in the cell that runs it (interrupting it stops watching, never the training).
+Everything shown is read from the run folder (``RunPaths``: status, log, samples), so a reloaded page or a
+restarted kernel shows the same run again: make a new monitor on the run and watch. ``watch()`` refreshes from
+a background thread and returns at once, so the kernel stays free: the stop and inspect cells run while the
+monitor keeps moving. ``stop()`` stops watching (never the training); ``wait()`` blocks until the run ends.
 """
 
 from __future__ import annotations
 
 import html
 import io
+import threading
 import time
+from pathlib import Path
 
 import ipywidgets as w
 
 from helpers import runner
+from helpers.training.progress import add_step_losses, read_log_since
+from helpers.ui.errors import error_html
 from helpers.workspace import RunPaths
+
+# One watcher per run folder in this kernel: watching again (a re-run cell) replaces the old one.
+_WATCHERS: dict[Path, TrainingMonitor] = {}
+_WATCHERS_LOCK = threading.Lock()
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -43,38 +52,41 @@ class TrainingMonitor:
         self.samples = w.Image(format="png", layout=w.Layout(max_width="720px", display="none"))
         self.widget = w.VBox([w.HTML(f"<b>run {html.escape(run.name)}</b>"), self.bar, self.line, self.chart,
                               self.samples])
+        self.status: runner.JobStatus | None = None
+        self._losses: dict[int, float] = {}
+        self._log_offset = 0
         self._chart_step = -1
         self._sample_names: tuple[str, ...] = ()
+        self._refresh_lock = threading.Lock()  # the watcher thread and a cell may refresh at once
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def refresh(self) -> runner.JobStatus:
         """Read the run folder once and update every widget; returns the status."""
-        st = runner.job_status(self.run)
-        self.bar.max = max(st.total_steps, 1)
-        self.bar.value = min(st.step, self.bar.max)
-        self.bar.bar_style = {"finished": "success", "failed": "danger", "died": "danger"}.get(st.state, "info")
-        bits = [f"<b>{st.state}</b>", f"step {st.step}/{st.total_steps or '?'}", f"epoch {st.epoch}"]
-        if st.loss is not None:
-            bits.append(f"loss {st.loss:.4f}")
-        if st.images_per_s:
-            bits.append(f"{st.images_per_s:.2f} img/s")
-        bits.append(f"ETA {_fmt_eta(st.eta_s)}")
-        if st.peak_memory_gb:
-            bits.append(f"peak mem {st.peak_memory_gb:.1f} GB")
-        text = " · ".join(bits)
-        for warning in st.warnings[-3:]:
-            text += f"<br><span style='color:#b60'>&#9888; {html.escape(warning)}</span>"
-        if st.error:
-            text += f"<br><span style='color:#c00'>{html.escape(st.error)}</span>"
-        self.line.value = text
-        curve = runner.loss_curve(self.run)
-        if curve and curve[-1][0] != self._chart_step:
+        with self._refresh_lock:
+            st = runner.job_status(self.run)
+            self.bar.max = max(st.total_steps, 1)
+            self.bar.value = min(st.step, self.bar.max)
+            self.bar.bar_style = {"finished": "success", "failed": "danger", "died": "danger"}.get(st.state, "info")
+            self.line.value = _status_line(st)
+            self._refresh_chart()
+            self._refresh_samples()
+            self.status = st
+            return st
+
+    def _refresh_chart(self) -> None:
+        if self.run.log.exists() and self.run.log.stat().st_size < self._log_offset:  # the run was started afresh
+            self._losses, self._log_offset = {}, 0
+        records, self._log_offset = read_log_since(self.run.log, self._log_offset)  # only what is new
+        add_step_losses(records, self._losses)
+        last = max(self._losses, default=-1)
+        if last >= 0 and last != self._chart_step:
             from helpers.ui.charts import line_chart
 
-            self._chart_step = curve[-1][0]
+            self._chart_step = last
+            curve = sorted(self._losses.items())
             self.chart.value = _png(line_chart({"loss": curve}, f"{self.run.name}: loss per step", "step", "loss"))
             self.chart.layout.display = ""
-        self._refresh_samples()
-        return st
 
     def _refresh_samples(self) -> None:
         files = sorted(self.run.samples.glob("*.png"), key=lambda p: p.stat().st_mtime)[-8:] \
@@ -88,21 +100,73 @@ class TrainingMonitor:
                                                      title="newest samples"))
             self.samples.layout.display = ""
 
-    def watch(self, timeout: float | None = None, every: float = 1.0) -> runner.JobStatus:
-        """Refresh until the run's process ends (or ``timeout`` s); Ctrl-C / interrupt only stops watching."""
-        t0 = time.time()
+    # -- watching in the background -------------------------------------------------------------------
+    @property
+    def watching(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def watch(self, timeout: float | None = None, every: float = 1.0) -> None:
+        """Refresh every ``every`` s from a background thread until the run's process ends (or ``timeout`` s).
+
+        Returns at once: the kernel stays free for the next cells. Watching the same run again (a re-run cell,
+        a new monitor after a page reload) stops the earlier watcher, so only one thread polls a run.
+        """
+        with _WATCHERS_LOCK:
+            earlier = _WATCHERS.get(self.run.root)
+            if earlier is not None and earlier is not self:
+                earlier.stop()
+            _WATCHERS[self.run.root] = self
+        self.stop()
+        self._stop.clear()
+        self.refresh()
+        self._thread = threading.Thread(target=self._watch_loop, args=(every, timeout), daemon=True,
+                                        name=f"watch {self.run.name}")
+        self._thread.start()
+
+    def _watch_loop(self, every: float, timeout: float | None) -> None:
+        t0 = time.monotonic()
         try:
-            while True:
+            while not self._stop.wait(every):
                 st = self.refresh()
-                if st.done or (timeout is not None and time.time() - t0 > timeout):
-                    return self.refresh() if st.done else st
-                time.sleep(every)
-        except KeyboardInterrupt:
-            self.line.value += "<br><i>stopped watching; the run goes on (watch again any time)</i>"
-            return runner.job_status(self.run)
+                if st.done or (timeout is not None and time.monotonic() - t0 > timeout):
+                    return
+        except Exception as exc:  # nothing fails silently: the reason shows where the progress was
+            self.line.value += "<br>" + error_html(f"the monitor stopped: {type(exc).__name__}: {exc} (the run "
+                                                   "goes on; watch again)")
+
+    def stop(self) -> None:
+        """Stop watching (the training goes on); the widgets keep showing the last refresh."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+
+    def wait(self, timeout: float | None = None) -> runner.JobStatus:
+        """Block until the run's process ends (or ``timeout`` s), watching meanwhile; returns the final status."""
+        if not self.watching:
+            self.watch()
+        self._thread.join(timeout)
+        return self.refresh()
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
         self.refresh()
         display(self.widget)
+
+
+def _status_line(st: runner.JobStatus) -> str:
+    bits = [f"<b>{st.state}</b>", f"step {st.step}/{st.total_steps or '?'}", f"epoch {st.epoch}"]
+    if st.loss is not None:
+        bits.append(f"loss {st.loss:.4f}")
+    if st.images_per_s:
+        bits.append(f"{st.images_per_s:.2f} img/s")
+    bits.append(f"ETA {_fmt_eta(st.eta_s)}")
+    if st.peak_memory_gb:
+        bits.append(f"peak mem {st.peak_memory_gb:.1f} GB")
+    text = " · ".join(bits)
+    for warning in st.warnings[-3:]:
+        text += f"<br><span style='color:#b60'>&#9888; {html.escape(warning)}</span>"
+    if st.error:
+        text += "<br>" + error_html(st.error)
+    return text
