@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from helpers.training.config import ObjectiveConfig
+from helpers.workspace import RunPaths
 from tests.test_training_loop import make_dataset, tiny_config
 
 
@@ -44,7 +46,7 @@ def objective_loss(bundle, objective: ObjectiveConfig, masks: torch.Tensor | Non
     if masks is not None:
         batch["masks"] = masks
     alphas = noise_schedule(bundle.noise_scheduler.alphas_cumprod, objective.zero_terminal_snr, bundle.prediction,
-                            RunMonitor(".", enabled=False))
+                            RunMonitor(RunPaths(Path(".")), enabled=False))
     with torch.no_grad():
         return compute_loss(batch, family=model_family(bundle.arch), unet=bundle.unet, vae=bundle.vae,
                             tokenizers=bundle.tokenizers, text_encoders=bundle.text_encoders, unet_dtype=torch.float32,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers.training import trackers
+from helpers.workspace import RunPaths
 
 
 def _event_class():
@@ -121,7 +122,7 @@ def test_wandb_logs_every_step_when_logged_in(tmp_path, monkeypatch):
     assert warnings == [] and isinstance(found[0], trackers.WandbTracker)
     from helpers.training.progress import RunMonitor
 
-    monitor = RunMonitor(tmp_path / "run-a", show_bar=False)
+    monitor = RunMonitor(RunPaths(tmp_path / "run-a"), show_bar=False)
     monitor.trackers = found
     monitor.step({"step": 1, "epoch": 1, "loss": 0.5, "lrs": {"unet": 1e-6}})
     monitor.close()
