@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.training import captions as C
 from helpers.training import data as D
 
 
@@ -67,15 +68,15 @@ def test_epoch_plan_one_bucket_batches_repeats_and_determinism():
 def test_caption_hook_keeps_tokens_shuffles_and_drops():
     caption = "trigger, a, b, c, d, e"
     for seed in range(20):
-        out = D.process_caption(caption, random.Random(seed), shuffle=True, keep_tokens=1)
+        out = C.process_caption(caption, random.Random(seed), shuffle=True, keep_tokens=1)
         tags = out.split(", ")
         assert tags[0] == "trigger" and sorted(tags[1:]) == ["a", "b", "c", "d", "e"]
-    assert len({D.process_caption(caption, random.Random(s), shuffle=True, keep_tokens=1) for s in range(20)}) > 5
-    assert D.process_caption(caption, random.Random(0), caption_dropout=1.0) == ""
-    assert D.process_caption(caption, random.Random(0), tag_dropout=1.0, keep_tokens=1) == "trigger"
-    assert D.process_caption(caption, random.Random(0)) == caption
-    hook = D.caption_hook(True, 1, ",", 0.0, 0.0)
-    assert hook(caption, random.Random(3)) == D.process_caption(caption, random.Random(3), shuffle=True,
+    assert len({C.process_caption(caption, random.Random(s), shuffle=True, keep_tokens=1) for s in range(20)}) > 5
+    assert C.process_caption(caption, random.Random(0), caption_dropout=1.0) == ""
+    assert C.process_caption(caption, random.Random(0), tag_dropout=1.0, keep_tokens=1) == "trigger"
+    assert C.process_caption(caption, random.Random(0)) == caption
+    hook = C.caption_hook(True, 1, ",", 0.0, 0.0)
+    assert hook(caption, random.Random(3)) == C.process_caption(caption, random.Random(3), shuffle=True,
                                                                  keep_tokens=1)
 
 
@@ -117,7 +118,7 @@ def test_dataset_items_pixels_conditioning_and_random_choices(tmp_path):
                                  no_upscale=False)
     assert placement == [((96, 32), (100, 32))]  # aspect 3.1 -> the 3:1 bucket, scaled by height
     ds = D.TrainingImages(items, placement, seed=1, random_crop=True, flip=True,
-                          caption_transform=D.caption_hook(True, 0, ",", 0.0, 0.0))
+                          caption_transform=C.caption_hook(True, 0, ",", 0.0, 0.0))
     samples = [ds[D.Sample(0, p, 0)] for p in range(12)]
     bucket = placement[0][0]
     assert all(s["pixels"].shape == (3, bucket[1], bucket[0]) for s in samples)

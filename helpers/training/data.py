@@ -2,8 +2,8 @@
 
 Owns the dataset scan (kohya ``N_name`` folders = N repeats, ``.txt`` captions, bad files reported), aspect
 ratio buckets with kohya's semantics (predefined list, or ``no_upscale``), resize/crop/flip, the per-epoch
-batch plan, the caption hook (shuffle, keep_tokens, tag and caption dropout) and the latent cache (memory or
-disk, keyed by image content, bucket, crop, flip and VAE).
+batch plan and the latent cache (memory or disk, keyed by image content, bucket, crop, flip and VAE). The
+per-step caption edits live in ``training.captions``.
 
 Every random choice (batch order, crop, flip, caption edits) comes from a generator seeded by
 (seed, epoch, position), never from global state, so an epoch is a pure function of its number: a resumed run
@@ -14,7 +14,6 @@ number of loader workers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import math
 import os
@@ -28,6 +27,7 @@ from typing import Literal
 import torch
 
 from helpers.config import option
+from helpers.training.captions import CaptionHook, caption_hook
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 REPEATS_RE = re.compile(r"^(\d+)_(.+)$")
@@ -320,39 +320,6 @@ def plan_epoch(bucket_of_item: list[tuple[int, int]], repeats: list[int], batch_
         out.append([Sample(epoch, position + j, item) for j, item in enumerate(batch)])
         position += len(batch)
     return out[rank::world_size]
-
-
-# ---------------------------------------------------------------- captions
-
-
-def process_caption(caption: str, rng: random.Random, *, shuffle: bool = False, keep_tokens: int = 0,
-                    separator: str = ",", tag_dropout: float = 0.0, caption_dropout: float = 0.0) -> str:
-    """The caption hook: caption dropout -> split kept/free tags -> shuffle -> tag dropout -> join ", ".
-
-    Source: order of sd-scripts ``BaseDataset.process_caption``. Draws from ``rng`` in a fixed order so a
-    sample's caption depends only on its seed.
-    """
-    if caption_dropout and rng.random() < caption_dropout:
-        return ""
-    if not (shuffle or tag_dropout):
-        return caption
-    tags = [t.strip() for t in caption.split(separator) if t.strip()]
-    kept, free = tags[:keep_tokens], tags[keep_tokens:]
-    if shuffle:
-        rng.shuffle(free)
-    if tag_dropout:
-        free = [t for t in free if rng.random() >= tag_dropout]
-    return ", ".join(kept + free)
-
-
-CaptionHook = Callable[[str, random.Random], str]
-
-
-def caption_hook(shuffle: bool, keep_tokens: int, separator: str, tag_dropout: float,
-                 caption_dropout: float) -> CaptionHook:
-    """``process_caption`` with these options bound (picklable, for loader workers)."""
-    return functools.partial(process_caption, shuffle=shuffle, keep_tokens=keep_tokens, separator=separator,
-                             tag_dropout=tag_dropout, caption_dropout=caption_dropout)
 
 
 # ---------------------------------------------------------------- images
