@@ -75,7 +75,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                              prediction=None if cfg.model.prediction == "auto" else cfg.model.prediction,
                              allow_pickle=cfg.model.allow_pickle)
     check_model_settings(bundle.arch, p.vae_precision)
-    family = model_family(bundle.arch)
+    family = model_family(bundle.arch, max_tokens=cfg.captions.max_token_length, clip_skip=cfg.captions.clip_skip)
     alphas_cumprod = bundle.noise_scheduler.alphas_cumprod.to(device)
     # 2. Choose what trains (text encoders with LR 0 stay frozen) and place every model
     trained = choose_trained_models(bundle, unet_lr=o.learning_rate, train_text_encoder=o.train_text_encoder,
@@ -90,7 +90,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                                batch_size=cfg.batch_size, seed=cfg.seed, world_size=accelerator.num_processes,
                                rank=accelerator.process_index, cache_folder=latent_cache_folder(cache_dir, bundle.vae),
                                encode=lambda px, seed: encode_pixels(bundle.vae, px, [seed]),
-                               show_progress=monitor.show_bar)
+                               show_progress=monitor.show_bar, captions=cfg.captions)
     monitor.event("data", report=data.report.to_dict(), summary=data.report.summary())
     steps_per_epoch = math.ceil(len(data.batches(0)) / o.gradient_accumulation_steps)
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or sys.maxsize)
