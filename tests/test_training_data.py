@@ -1,4 +1,4 @@
-"""Training data: kohya buckets, the epoch plan, the caption hook, the scan's reports, the latent cache."""
+"""Training data: kohya buckets, the epoch plan, the scan's reports, the latent cache."""
 
 from __future__ import annotations
 

@@ -43,7 +43,9 @@ def encode_tokens(text_encoders: list, token_ids: list[torch.Tensor], clip_skip:
         if not 1 <= clip_skip <= layers:
             raise ValueError(f"clip_skip {clip_skip} is more than this text encoder's {layers} layers: use 1 or 2")
         states = te(flat, output_hidden_states=True).hidden_states
-        hidden = model.text_model.final_layer_norm(states[-clip_skip])
+        # transformers 5 puts the layer norm on the model itself, 4.x on its .text_model
+        norm = getattr(model, "final_layer_norm", None) or model.text_model.final_layer_norm
+        hidden = norm(states[-clip_skip])
     return {"hidden": join_chunks(hidden, ids.shape[0])}
 
 
