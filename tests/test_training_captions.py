@@ -244,3 +244,24 @@ def test_format_1_configs_move_caption_options_to_the_captions_section(tmp_path)
     assert cfg.data.dataset == "d"
     with pytest.raises(ConfigError, match="data.shuffle_caption: unknown key"):
         from_dict(TrainConfig, json.loads('{"data": {"shuffle_caption": true}}'))
+
+
+def test_cli_check_reads_caption_records_and_implications_before_training(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from helpers.config import save_config
+    from helpers.training.__main__ import main
+
+    (tmp_path / "ds").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "ds" / "a.png")
+    (tmp_path / "ds" / "a.txt").write_text("cat, sitting", encoding="utf-8")
+    (tmp_path / "ds" / "a.captions.json").write_text('{"tags": "not a list"}', encoding="utf-8")
+    cfg = from_dict(TrainConfig, {"model": {"base_model": "x"}, "data": {"dataset": str(tmp_path / "ds")},
+                                  "captions": {"mix_tags": 0.5, "mix_caption": 0.5}})
+    save_config(cfg, tmp_path / "run" / "config.toml")
+    assert main([str(tmp_path / "run" / "config.toml"), "--check"]) == 2
+    assert "a.captions.json: field 'tags' should be list" in capsys.readouterr().err
+    cfg.captions.mix_tags, cfg.captions.mix_caption = 1.0, 0.0  # the .txt only: records are not read
+    save_config(cfg, tmp_path / "run" / "config.toml")
+    assert main([str(tmp_path / "run" / "config.toml"), "--check"]) == 0

@@ -110,7 +110,10 @@ class TagPatterns:
         return bool(self.exact or self.wildcard)
 
     def __contains__(self, tag: str) -> bool:
-        key = tag_key(tag)
+        return self.has_key(tag_key(tag))
+
+    def has_key(self, key: str) -> bool:
+        """Whether a tag whose ``tag_key`` is ``key`` is in the set (callers that already have the key)."""
         return key in self.exact or (self.wildcard is not None and self.wildcard.match(key) is not None)
 
 

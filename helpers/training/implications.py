@@ -54,11 +54,11 @@ class TagImplications:
     def __len__(self) -> int:
         return len(self.implied)
 
-    def implied_by(self, tags: list[str]) -> set[str]:
-        """``tag_key``s of every tag that one of ``tags`` implies."""
+    def implied_by(self, keys: list[str]) -> set[str]:
+        """``tag_key``s of every tag that one of the tags with these ``tag_key``s implies."""
         out: set[str] = set()
-        for tag in tags:
-            out |= self.implied.get(tag_key(tag), frozenset())
+        for key in keys:
+            out |= self.implied.get(key, frozenset())
         return out
 
 
