@@ -40,6 +40,13 @@ def test_no_flip_tags_keep_those_images_unflipped(tmp_path):
     # without the tag list the same image is flipped half the time
     free = build(root, flip=True)
     assert sum(free.dataset.choices(D.Sample(0, p, names.index("sign")))[2] for p in range(200)) > 70
+    # the latent cache encodes no mirrored copy of a no-flip image
+    encoded = []
+    cfg = D.DataConfig(dataset=str(root), resolution=64, min_bucket_side=32, max_bucket_side=128, bucket_step=32,
+                       num_workers=0, flip=True, no_flip_tags=["text on*"], cache_latents="memory")
+    D.build_training_data(cfg, root, batch_size=1, seed=5, show_progress=False,
+                          encode=lambda px, seed: encoded.append(px) or torch.zeros(1, 4, 8, 8))
+    assert len(encoded) == 3  # plain: both ways; sign: unflipped only
 
 
 def test_color_jitter_is_seeded_by_the_sample_and_stays_in_range(tmp_path):

@@ -152,6 +152,10 @@ def test_mixing_tags_and_captions_at_the_given_chances():
     both = [c for c in out if "A girl" in c and "solo" in c]
     assert any(c.startswith("A girl") for c in both) and any(c.startswith("1girl") for c in both)
     assert all(tags_of(c.replace("A girl smiles., ", ""))[0] == "1girl" for c in out if "solo" in c)  # kept tag
+    # a record without kept tags keeps the configured first keep_tokens
+    unkept = C.CaptionSource("x", tags=("1girl", "solo", "smile", "sky"), prose="")
+    assert all(c.startswith("1girl, ") for c in run(C.CaptionConfig(shuffle_caption=True, keep_tokens=1),
+                                                     source=unkept, seeds=range(50)))
     # an image with only one kind always uses it
     assert set(run(cfg, source=C.CaptionSource("x", tags=(), prose="Only prose."), seeds=range(50))) == {"Only prose."}
 

@@ -202,7 +202,8 @@ class CaptionPipeline:
         kind = self.choose_kind(bool(source.tags), bool(source.prose), rng)
         prose = expand_wildcards(source.prose, rng) if c.wildcards else source.prose
         tags = [expand_wildcards(t, rng) for t in source.tags] if c.wildcards else list(source.tags)
-        tag_text = self.edit_tags(tags[:source.keep], tags[source.keep:], [], rng) if kind != "caption" else ""
+        keep = source.keep or c.keep_tokens  # a record without kept tags keeps the configured first N
+        tag_text = self.edit_tags(tags[:keep], tags[keep:], [], rng) if kind != "caption" else ""
         parts = {"tags": [tag_text], "caption": [prose], "tags, caption": [tag_text, prose],
                  "caption, tags": [prose, tag_text]}[kind]
         return join_caption(self.prefix, *parts, self.suffix)

@@ -485,7 +485,7 @@ def fill_latent_cache(dataset: TrainingImages, store: LatentStore, encode: Calla
     for index, item in enumerate(dataset.items):
         bucket, resized = dataset.placement[index]
         left, top = crop_box(resized, bucket, False, random.Random(0))
-        for flipped in ((False, True) if flip else (False,)):
+        for flipped in ((False, True) if flip and not dataset.no_flip[index] else (False,)):
             key = latent_key(store.digests[index], bucket, left, top, flipped)
             if not store.has(key):
                 todo.append((key, item.path, resized, bucket, left, top, flipped))
@@ -579,6 +579,9 @@ def build_training_data(cfg: DataConfig, root: Path, *, batch_size: int, seed: i
     if cfg.cache_latents != "off":
         if encode is None:
             raise ValueError("cache_latents needs an encode function")
+        if cfg.color_jitter or cfg.hue_jitter:
+            raise DataError("a cached latent has fixed colours: turn off color_jitter and hue_jitter, or the "
+                            "latent cache")
         store = LatentStore([file_digest(i.path) for i in items], cache_folder if cfg.cache_latents == "disk" else None)
         fill_latent_cache(dataset, store, encode, cfg.flip, show_progress)
         dataset.latents = store
