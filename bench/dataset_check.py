@@ -44,8 +44,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    from helpers.dataset import check_dataset, dataset_report, find_duplicates
-    from helpers.download import extract_archive
+    from helpers.dataset.check import check_dataset, find_duplicates
+    from helpers.dataset.report import dataset_report
+    from helpers.download.archives import extract_archive
 
     out: dict[str, object] = {"images": args.images, "size": args.size, "workers": args.workers}
     with tempfile.TemporaryDirectory() as tmp:

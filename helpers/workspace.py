@@ -59,6 +59,15 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def name_problem(name: str, key: str, what: str = "name") -> dict[str, str]:
+    """{key: why} when ``name`` is not usable as a workspace folder name, else {} (a form's ``check``)."""
+    try:
+        check_name(name, what)
+    except ValueError as exc:
+        return {key: str(exc)}
+    return {}
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Files of one training run."""

@@ -9,7 +9,7 @@ from PIL import Image
 
 from helpers.captioning import booru as B
 from helpers.captioning.sidecar import RenderConfig, load_record
-from helpers.captions import caption_path, read_caption
+from helpers.dataset.caption_files import caption_path, read_caption
 
 
 def post(**overrides):

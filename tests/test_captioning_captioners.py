@@ -16,7 +16,7 @@ from PIL import Image
 
 from helpers.captioning import captioners as K
 from helpers.captioning.sidecar import RenderConfig, load_record
-from helpers.captions import caption_path, read_caption
+from helpers.dataset.caption_files import caption_path, read_caption
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
-from helpers.captioning import run_demo
 from helpers.captioning.__main__ import main
+from helpers.captioning.demo import run_demo
 from helpers.captioning.sidecar import load_record
-from helpers.captions import caption_path, read_caption
-from helpers.dataset import list_images
+from helpers.dataset.caption_files import caption_path, read_caption
+from helpers.dataset.files import list_images
 
 
 def test_run_demo_tags_the_demo_dataset_and_keeps_filename_captions(workspace):

@@ -10,7 +10,7 @@ from PIL import Image
 from helpers.captioning import curation as C
 from helpers.captioning import sidecar as S
 from helpers.captioning.editor import CaptionEditor, TagTable
-from helpers.captions import CaptionError, caption_path, read_caption
+from helpers.dataset.caption_files import CaptionError, caption_path, read_caption
 
 
 def rec(tags=(), caption=None, keep=0):

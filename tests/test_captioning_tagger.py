@@ -13,7 +13,7 @@ from helpers.captioning import tags as T
 from helpers.captioning import wd_tagger as W
 from helpers.captioning.sidecar import SIDECAR_EXT, RenderConfig, load_record, undo_edit
 from helpers.captioning.tiny_tagger import TINY_TAGS, build_tiny_tagger, tiny_tagger_weights
-from helpers.captions import caption_path, read_caption
+from helpers.dataset.caption_files import caption_path, read_caption
 
 
 @pytest.fixture(scope="module")

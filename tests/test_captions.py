@@ -7,18 +7,12 @@ import json
 import pytest
 from PIL import Image
 
-from helpers import captions
-from helpers.captions import (
-    CaptionError,
-    caption_from_filename,
-    caption_path,
-    filename_from_caption,
-    preview_changes,
-    read_caption,
-    undo_changes,
-    write_captions,
-)
-from helpers.dataset import list_images, make_demo_dataset
+from helpers.captioning import filenames as captions
+from helpers.captioning.filenames import caption_from_filename, filename_from_caption
+from helpers.changes import undo_changes
+from helpers.dataset.caption_files import CaptionError, caption_path, preview_changes, read_caption, write_captions
+from helpers.dataset.demo import make_demo_dataset
+from helpers.dataset.files import list_images
 
 
 def _image(path, size=(8, 8)):

@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import dataset
-from helpers.captions import read_caption, undo_changes
-from helpers.dataset import (
-    check_dataset,
-    dataset_report,
-    draw_demo_image,
-    fix_images,
-    inspect_image,
-    list_images,
-    make_demo_dataset,
-    parse_repeat_folder,
-    reject_files,
-)
+from helpers.changes import undo_changes
+from helpers.dataset.__main__ import main as dataset_main
+from helpers.dataset.caption_files import read_caption
+from helpers.dataset.check import check_dataset, inspect_image
+from helpers.dataset.demo import draw_demo_image, make_demo_dataset
+from helpers.dataset.files import list_images, parse_repeat_folder
+from helpers.dataset.fix import fix_images, layout_repeat_folder, reject_files
+from helpers.dataset.report import dataset_report, duplicates_sheet, problems_sheet, resolution_histogram
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -226,9 +221,10 @@ def test_report_buckets_captions_and_repeat_folders(tmp_path):
     assert [(f["folder"], f["repeats"], f["images"]) for f in report["repeat_folders"]] == [
         ("10_cat", 10, 2), ("2_dog", 2, 1)]
     assert report["layout"] == "mixed" and any("loose" in w or "directly" in w for w in report["warnings"])
-    assert report["samples_per_epoch"] == 22
+    # what our trainer reads: 10 x 2 + 2 x 1 + the loose image once (kohya would skip it; the warning says so)
+    assert report["samples_per_epoch"] == 23 and report["trained_images"] == 4
     assert parse_repeat_folder("5_my_char") == (5, "my_char") and parse_repeat_folder("cat") is None
-    assert parse_repeat_folder("0_x") is None
+    assert parse_repeat_folder("0_x") == (0, "x")  # a 0-repeat folder is a repeat folder that trains nothing
 
 
 def test_layout_repeat_folder_moves_sidecars(tmp_path):
@@ -236,26 +232,26 @@ def test_layout_repeat_folder_moves_sidecars(tmp_path):
     (tmp_path / "a.txt").write_text("cap", encoding="utf-8")
     (tmp_path / "a.png.json").write_text("{}", encoding="utf-8")
     (tmp_path / "a.captions.json").write_text("{}", encoding="utf-8")
-    target = dataset.layout_repeat_folder(tmp_path, 3, "xxcc")
+    target = layout_repeat_folder(tmp_path, 3, "xxcc")
     assert target.name == "3_xxcc"
     assert read_caption(target / "a.png") == "cap" and (target / "a.png.json").exists()
     assert (target / "a.captions.json").exists() and not list(tmp_path.glob("a.*"))
     with pytest.raises(ValueError, match="repeats"):
-        dataset.layout_repeat_folder(tmp_path, 0, "x")
+        layout_repeat_folder(tmp_path, 0, "x")
 
 
 def test_pictures_for_people(corpus):
     root, _ = corpus
     check = check_dataset(root, progress=False)
-    sheet = dataset.problems_sheet(check)
+    sheet = problems_sheet(check)
     assert sheet is not None and sheet.width > 100
-    assert dataset.resolution_histogram(check) is not None
-    assert dataset.duplicates_sheet(check) is None  # no duplicates in this corpus
+    assert resolution_histogram(check) is not None
+    assert duplicates_sheet(check) is None  # no duplicates in this corpus
 
 
 def test_cli_json_lists_every_file_and_exits_zero(corpus, capsys):
     root, cases = corpus
-    assert dataset.main(["check", str(root), "--json"]) == 0
+    assert dataset_main(["check", str(root), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     listed = {f["path"]: f for f in data["check"]["files"]}
     assert set(listed) == set(cases)
@@ -263,7 +259,7 @@ def test_cli_json_lists_every_file_and_exits_zero(corpus, capsys):
     assert data["check"]["counts"]["rejected"] == sum(1 for s, _ in cases.values() if s == "rejected")
     assert data["report"]["counts"]["rejected"] == sum(1 for n, (s, _) in cases.items()
                                                        if s == "rejected" and not n.endswith(".txt"))
-    assert dataset.main(["check", str(root / "missing")]) == 2
+    assert dataset_main(["check", str(root / "missing")]) == 2
 
 
 def test_cli_as_a_program_with_pictures(corpus, tmp_path):

@@ -19,15 +19,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import download
-from helpers.download import (
-    DownloadError,
-    UnsafeArchiveError,
-    detect_source,
-    download_dataset,
-    download_url,
-    extract_archive,
-)
+from helpers.download import __main__ as download_cli
+from helpers.download import transfer
+from helpers.download.archives import UnsafeArchiveError, extract_archive
+from helpers.download.datasets import download_dataset
+from helpers.download.model_store import download_model
+from helpers.download.sources import DownloadError, detect_source
+from helpers.download.transfer import download_url
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)
 
@@ -240,7 +238,7 @@ def test_disk_full_while_writing_keeps_the_part(server, tmp_path, monkeypatch):
         part.write_bytes(first)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(download, "_stream_body", full)
+    monkeypatch.setattr(transfer, "_stream_body", full)
     with pytest.raises(DownloadError, match="disk full.*resumes"):
         download_url(server.url + "/f.bin", tmp_path, progress=False)
     monkeypatch.undo()
@@ -299,9 +297,9 @@ def test_http_errors_are_explained(server, tmp_path, code, words):
 
 def test_full_disk_is_refused_before_the_transfer(server, tmp_path, monkeypatch):
     server.files["/huge.safetensors"] = (PAYLOAD, {})
-    usage = download.shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(download.shutil, "disk_usage",
-                        lambda p: usage._replace(free=download.DISK_MARGIN + len(PAYLOAD) // 2))
+    usage = transfer.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(transfer.shutil, "disk_usage",
+                        lambda p: usage._replace(free=transfer.DISK_MARGIN + len(PAYLOAD) // 2))
     with pytest.raises(DownloadError, match="not enough disk"):
         download_url(server.url + "/huge.safetensors", tmp_path, progress=False)
     parts = list(tmp_path.glob(".download-*.part"))
@@ -524,35 +522,35 @@ def test_model_from_local_file_is_recognised_and_hashed(tiny_sd15_v_dir, tmp_pat
     pipe = build_tiny_pipeline(arch="sdxl")
     single = save_single_file(pipe.unet, pipe.vae, [pipe.text_encoder, pipe.text_encoder_2],
                               tmp_path / "tiny.safetensors", arch="sdxl")
-    record = download.download_model(str(single), tmp_path / "models", "tiny", progress=False)
+    record = download_model(str(single), tmp_path / "models", "tiny", progress=False)
     assert record["architecture"] == "sdxl" and record["prediction"] == "epsilon"
     assert record["sha256"] == hashlib.sha256(single.read_bytes()).hexdigest()
     stored = json.loads((tmp_path / "models" / "tiny" / "model.json").read_text())
     assert stored["sha256"] == record["sha256"]
-    assert download.download_model(str(single), tmp_path / "models", "tiny", progress=False)["reused"]
+    assert download_model(str(single), tmp_path / "models", "tiny", progress=False)["reused"]
     with pytest.raises(DownloadError, match="different model"):
-        download.download_model(str(tiny_sd15_v_dir), tmp_path / "models", "tiny", progress=False)
+        download_model(str(tiny_sd15_v_dir), tmp_path / "models", "tiny", progress=False)
 
 
 def test_model_diffusers_folder_and_pickle_refused(tiny_sd15_v_dir, tmp_path):
-    record = download.download_model(str(tiny_sd15_v_dir), tmp_path / "models", "v", progress=False)
+    record = download_model(str(tiny_sd15_v_dir), tmp_path / "models", "v", progress=False)
     assert record["kind"] == "diffusers" and record["architecture"] == "sd15"
     assert record["prediction"] == "v_prediction" and record["files"]
     ckpt = tmp_path / "old.ckpt"
     ckpt.write_bytes(b"not really a pickle")
     with pytest.raises(DownloadError, match="pickle"):
-        download.download_model(str(ckpt), tmp_path / "models", "old", progress=False)
+        download_model(str(ckpt), tmp_path / "models", "old", progress=False)
     assert (tmp_path / "models" / "old" / "old.ckpt.refused").exists()
 
 
 def test_cli(server, tmp_path, capsys):
     server.files["/set.zip"] = (_zip_bytes({"a_01.png": _png_bytes()}), {})
-    assert download.main([server.url + "/set.zip", "--to", str(tmp_path / "ds"), "--quiet"]) == 0
+    assert download_cli.main([server.url + "/set.zip", "--to", str(tmp_path / "ds"), "--quiet"]) == 0
     assert "1 new files" in capsys.readouterr().out
-    assert download.main([server.url + "/gone.zip", "--to", str(tmp_path / "ds"), "--quiet"]) == 2
+    assert download_cli.main([server.url + "/gone.zip", "--to", str(tmp_path / "ds"), "--quiet"]) == 2
     assert "404" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        download.main(["x/y"])  # --to or --model is required
+        download_cli.main(["x/y"])  # --to or --model is required
 
 
 def test_model_from_hub_repo_and_from_url(online_hub, tiny_sd15_v_dir, tmp_path):
@@ -560,7 +558,7 @@ def test_model_from_hub_repo_and_from_url(online_hub, tiny_sd15_v_dir, tmp_path)
     srv.hub["me/tiny-sd15-v"] = {str(p.relative_to(tiny_sd15_v_dir)): p.read_bytes()
                                  for p in tiny_sd15_v_dir.rglob("*") if p.is_file()}
     srv.hub["me/tiny-sd15-v"]["unet/diffusion_pytorch_model.bin"] = b"pickle we never fetch"
-    record = download.download_model("me/tiny-sd15-v", tmp_path / "models", "hubv", endpoint=srv.url,
+    record = download_model("me/tiny-sd15-v", tmp_path / "models", "hubv", endpoint=srv.url,
                                      progress=False)
     assert record["kind"] == "diffusers" and record["architecture"] == "sd15"
     assert record["prediction"] == "v_prediction"
@@ -569,6 +567,6 @@ def test_model_from_hub_repo_and_from_url(online_hub, tiny_sd15_v_dir, tmp_path)
 
     weights = (tiny_sd15_v_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     srv.files["/dl/99"] = (weights, {"Content-Disposition": 'attachment; filename="unet-only.safetensors"'})
-    record = download.download_model(srv.url + "/dl/99", tmp_path / "models", "unet", progress=False)
+    record = download_model(srv.url + "/dl/99", tmp_path / "models", "unet", progress=False)
     assert record["file"] == "unet-only.safetensors" and record["sha256"] == hashlib.sha256(weights).hexdigest()
     assert record["architecture"] == "sd15"

@@ -8,7 +8,8 @@ import shutil
 import torch
 
 from helpers.models import open_checkpoint
-from helpers.models.__main__ import main, run_demo
+from helpers.models.__main__ import main
+from helpers.models.demo import run_demo
 
 
 def test_inspect_and_convert(tiny_sd15_v_dir, tmp_path, capsys):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.dataset.buckets import make_buckets, select_bucket
 from helpers.training import captions as C
 from helpers.training import data as D
 
@@ -21,7 +22,7 @@ def write_image(path, size, seed=0, fmt=None):
 @pytest.mark.parametrize("args, count", [((1024, 256, 1024, 64), 25), ((1024, 256, 2048, 64), 41),
                                          ((1024, 512, 2048, 64), 33), ((512, 256, 1024, 64), 17)])
 def test_bucket_lists_match_kohya_counts(args, count):
-    buckets = D.make_buckets(*args)
+    buckets = make_buckets(*args)
     assert len(buckets) == count
     area = args[0] ** 2
     assert all(w * h <= area and w % args[3] == 0 and h % args[3] == 0 for w, h in buckets)
@@ -29,19 +30,19 @@ def test_bucket_lists_match_kohya_counts(args, count):
 
 
 def test_select_bucket_covers_bucket_with_least_aspect_error():
-    buckets = D.make_buckets(1024, 256, 2048, 64)
-    bucket, resized = D.select_bucket(1920, 1080, buckets, resolution=1024, step=64)
+    buckets = make_buckets(1024, 256, 2048, 64)
+    bucket, resized = select_bucket(1920, 1080, buckets, resolution=1024, step=64)
     assert bucket == (1344, 768)  # aspect 1.75 vs 1.78: the closest in the list
     assert resized == (1365, 768)  # scaled by height, covers the bucket, then cropped
-    assert D.select_bucket(1024, 1024, buckets, resolution=1024, step=64) == ((1024, 1024), (1024, 1024))
-    small = D.select_bucket(500, 500, buckets, resolution=1024, step=64)
+    assert select_bucket(1024, 1024, buckets, resolution=1024, step=64) == ((1024, 1024), (1024, 1024))
+    small = select_bucket(500, 500, buckets, resolution=1024, step=64)
     assert small == ((1024, 1024), (1024, 1024))  # upscaled without no_upscale
 
 
 def test_no_upscale_keeps_small_images_and_shrinks_large_ones():
-    bucket, resized = D.select_bucket(500, 300, None, resolution=1024, step=64)
+    bucket, resized = select_bucket(500, 300, None, resolution=1024, step=64)
     assert resized == (500, 300) and bucket == (448, 256)  # never upscaled, floored to the step
-    bucket, resized = D.select_bucket(3000, 2000, None, resolution=1024, step=64)
+    bucket, resized = select_bucket(3000, 2000, None, resolution=1024, step=64)
     assert resized[0] * resized[1] <= 1024 * 1024 * 1.05 and bucket == (1216, 832)
     assert bucket[0] <= resized[0] and bucket[1] <= resized[1]
 

@@ -11,18 +11,12 @@ Submodules (import what you need; heavy libraries load lazily):
 - ``curation``: trigger words, remove / replace / dedupe / sort tags, the tag frequency table;
 - ``editor``: notebook widgets: the caption editor grid and the tag table with bulk actions (undo buttons);
 - ``images``: decoding dataset images ahead of the models in worker threads;
+- ``filenames``: the guide's filenames -> captions step and its reverse (notebook 02);
 - ``notebook``: what notebook 03's cells call (copes with empty workspaces);
-- ``demo``: ``run_demo(ws)`` for ``python -m helpers demo``.
+- ``demo``: the demo's caption steps (captions from filenames, then the tiny tagger).
 
 Per image, tags and natural-language captions live apart in ``<stem>.captions.json`` and the ``.txt`` that
 trainers read is rendered from them (format documented in ``sidecar``).
 
 CLI: ``python -m helpers.captioning --help``.
 """
-
-
-def run_demo(ws):
-    """Tag the demo dataset with the tiny tagger and render its ``.txt`` files (see ``captioning.demo``)."""
-    from helpers.captioning.demo import run_demo as _run_demo
-
-    return _run_demo(ws)

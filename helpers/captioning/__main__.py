@@ -9,6 +9,9 @@ from pathlib import Path
 
 from helpers.captioning import booru, captioners, curation, sidecar, wd_tagger
 from helpers.captioning.sidecar import RenderConfig
+from helpers.dataset.caption_files import format_preview
+from helpers.dataset.files import list_images
+from helpers.workspace import Workspace
 
 
 def add_render_args(p: argparse.ArgumentParser, default: str = "caption, tags") -> None:
@@ -28,8 +31,6 @@ def render_from(args) -> RenderConfig | None:
 
 
 def workspace_dirs(args) -> tuple[Path, Path]:
-    from helpers.workspace import Workspace
-
     ws = Workspace.open(args.workspace) if args.workspace else Workspace.open()
     return ws.models, ws.hf_cache
 
@@ -159,9 +160,6 @@ def run(args) -> int:
         report = booru.caption_dataset_from_metadata(args.folder, cfg, render_from(args))
         print_report(report.summary(), report.problems, args.json)
     elif args.cmd in ("curate", "render"):
-        from helpers.captions import format_preview
-        from helpers.dataset import list_images
-
         records, problems = sidecar.load_records(list_images(args.folder))
         if args.cmd == "curate":
             cfg = curation.CurationConfig(trigger=args.trigger, trigger_position=args.position,
@@ -176,8 +174,6 @@ def run(args) -> int:
             edit = sidecar.apply_edit(records, render)
             print_report({"images": len(records), **edit.summary()}, {**problems, **edit.problems}, args.json)
     elif args.cmd == "tags":
-        from helpers.dataset import list_images
-
         records, problems = sidecar.load_records(list_images(args.folder))
         freqs = curation.tag_frequencies(records)
         for tag, n in freqs[:args.top]:

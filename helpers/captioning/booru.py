@@ -34,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from helpers.captioning.tags import UnderscoreRule, dedupe_tags, format_tag
+from helpers.captioning import sidecar
+from helpers.captioning.tags import RATING_TAGS, UnderscoreRule, dedupe_tags, format_tag, merge_tags
 from helpers.config import option
+from helpers.dataset.files import list_images
 
 SPECIAL_TAGS = ("1girl", "2girls", "3girls", "4girls", "5girls", "6+girls", "multiple_girls",
                 "1boy", "2boys", "3boys", "4boys", "5boys", "6+boys", "multiple_boys", "male_focus",
@@ -43,8 +45,6 @@ SPECIAL_TAGS = ("1girl", "2girls", "3girls", "4girls", "5girls", "6+girls", "mul
 META_DROP_KEYWORDS = ("(medium)", "commentary", "bad", "translat", "request", "mismatch", "revision", "audio",
                       "video")
 RATING_LETTERS = {"g": "general", "s": "sensitive", "q": "questionable", "e": "explicit"}
-RATING_TAGS = {"general": ["safe"], "sensitive": ["sensitive"], "questionable": ["nsfw"],
-               "explicit": ["nsfw", "explicit"]}
 QUALITY_LEVELS = ((90, "masterpiece"), (75, "best quality"), (60, "great quality"), (45, "good quality"),
                   (30, "normal quality"), (10, "low quality"))
 WORST = "worst quality"
@@ -252,10 +252,6 @@ class BooruReport:
 def caption_dataset_from_metadata(folder: str | os.PathLike, cfg: BooruConfig | None = None, render=None,
                                   mode: Literal["overwrite", "append", "prepend"] = "overwrite") -> BooruReport:
     """Booru captions for every image under ``folder`` that has gallery-dl metadata beside it."""
-    from helpers.captioning import sidecar
-    from helpers.captioning.wd_tagger import merge_tags
-    from helpers.dataset import list_images
-
     cfg = cfg or BooruConfig()
     report = BooruReport()
     images = list_images(folder)

@@ -25,7 +25,10 @@ from typing import ClassVar, Literal
 
 from PIL import Image
 
+from helpers.captioning import sidecar
+from helpers.captioning.images import iter_batches
 from helpers.config import option
+from helpers.dataset.files import list_images
 
 Family = Literal["florence2", "blip", "vlm"]
 
@@ -283,10 +286,6 @@ def caption_dataset(folder: str | os.PathLike, cfg: CaptionerConfig, cache_dir: 
                     render=None, progress: bool = True, captioner: Captioner | None = None) -> CaptioningReport:
     """Caption every image under ``folder`` into its record (under the captioner's name), then render ``.txt``."""
     from tqdm.auto import tqdm
-
-    from helpers.captioning import sidecar
-    from helpers.captioning.images import iter_batches
-    from helpers.dataset import list_images
 
     if captioner is None:
         captioner = load_captioner(cfg.model, cache_dir, cfg.device, cfg.dtype, cfg.max_pixels)

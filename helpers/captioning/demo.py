@@ -1,7 +1,16 @@
-"""``run_demo(ws)``: tag the demo dataset with the tiny offline tagger and render its ``.txt`` files."""
+"""The demo's caption steps: captions from the demo images' filenames (notebook 02), then the tiny offline
+tagger's tags rendered into the ``.txt`` files (notebook 03)."""
 
 from __future__ import annotations
 
+from helpers.captioning.curation import frequency_chart, tag_frequencies
+from helpers.captioning.filenames import captions_from_filenames
+from helpers.captioning.sidecar import RenderConfig, load_records
+from helpers.captioning.tiny_tagger import build_tiny_tagger
+from helpers.captioning.wd_tagger import TaggerConfig, is_tagger_folder, tag_dataset
+from helpers.dataset.caption_files import write_captions
+from helpers.dataset.demo import make_demo_dataset
+from helpers.dataset.files import list_images
 from helpers.workspace import Workspace
 
 TINY_TAGGER_NAME = "tiny-tagger"
@@ -9,29 +18,28 @@ TINY_TAGGER_NAME = "tiny-tagger"
 
 def ensure_tiny_tagger(ws: Workspace):
     """The tiny tagger in ``ws.models/tiny-tagger`` (built the first time)."""
-    from helpers.captioning.tiny_tagger import build_tiny_tagger
-    from helpers.captioning.wd_tagger import is_tagger_folder
-
     folder = ws.model(TINY_TAGGER_NAME)
     if not is_tagger_folder(folder):
         build_tiny_tagger(folder)
     return folder
 
 
-def run_demo(ws: Workspace) -> dict[str, str]:
-    """Tag ``ws.dataset("demo")`` and render "caption, tags" ``.txt`` files (the filename captions are kept)."""
-    from helpers.captioning.curation import frequency_chart, tag_frequencies
-    from helpers.captioning.sidecar import RenderConfig, load_records
-    from helpers.captioning.wd_tagger import TaggerConfig, tag_dataset
-    from helpers.dataset import list_images
-
+def captions_from_filenames_step(ws: Workspace) -> dict[str, str]:
+    """The guide's filename -> ``.txt`` step on ``ws.dataset("demo")`` (made here if the dataset step did not run)."""
     folder = ws.dataset("demo")
     if not folder.is_dir() or not list_images(folder):
-        from helpers.captions import captions_from_filenames, write_captions
-        from helpers.dataset import make_demo_dataset
+        make_demo_dataset(folder)
+    changes = write_captions(captions_from_filenames(list_images(folder)))
+    return {"captions from filenames": f"{len(changes.created)} new .txt files in {folder}"
+                                      + (f" (undo: python -m helpers.captioning undo {changes.backup_dir})"
+                                         if changes.backup_dir else "")}
 
-        make_demo_dataset(folder)  # the dataset stage did not run: make its output here
-        write_captions(captions_from_filenames(list_images(folder)))
+
+def run_demo(ws: Workspace) -> dict[str, str]:
+    """Tag ``ws.dataset("demo")`` and render "caption, tags" ``.txt`` files (the filename captions are kept)."""
+    folder = ws.dataset("demo")
+    if not folder.is_dir() or not list_images(folder):
+        captions_from_filenames_step(ws)
     tagger = ensure_tiny_tagger(ws)
     report = tag_dataset(folder, TaggerConfig(model=str(tagger)), ws.models, render=RenderConfig(), progress=False)
     records, _ = load_records(list_images(folder))

@@ -16,6 +16,8 @@ from PIL import Image, ImageOps
 from helpers.captioning import curation, sidecar
 from helpers.captioning.sidecar import ORIGINAL, CaptionRecord, RenderConfig
 from helpers.captioning.tags import join_tags, split_tags
+from helpers.dataset.caption_files import format_preview
+from helpers.dataset.files import list_images
 
 
 def thumbnail_png(image: Path, size: int = 192) -> bytes:
@@ -98,8 +100,6 @@ class CaptionEditor(_Panel):
                  columns: int = 3, thumb: int = 192):
         import ipywidgets as w
 
-        from helpers.dataset import list_images
-
         super().__init__()
         self.render = render or RenderConfig()
         self.images = list_images(folder)
@@ -180,8 +180,6 @@ class TagTable(_Panel):
         self.refresh()
 
     def load(self):
-        from helpers.dataset import list_images
-
         return sidecar.load_records(list_images(self.folder))
 
     def refresh(self) -> None:
@@ -211,8 +209,6 @@ class TagTable(_Panel):
         return curation.remove_tags_everywhere(records, ticked)
 
     def preview(self) -> None:
-        from helpers.captions import format_preview
-
         action = "replace" if self.replacement.value.strip() else "remove"
         rows = sidecar.preview_edit(self.planned(action), self.render)
         self.output.clear_output()

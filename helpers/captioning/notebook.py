@@ -13,6 +13,8 @@ from typing import ClassVar
 from helpers.captioning import booru, captioners, curation, sidecar, wd_tagger
 from helpers.captioning.sidecar import RenderConfig
 from helpers.config import option
+from helpers.dataset.caption_files import CaptionError, format_preview, read_caption
+from helpers.dataset.files import list_images
 from helpers.workspace import Workspace
 
 
@@ -34,8 +36,6 @@ def default_target(ws: Workspace) -> CaptionTarget:
 
 def choose_dataset(ws: Workspace, name: str) -> Path | None:
     """The dataset folder, or None with a message saying how to get one."""
-    from helpers.dataset import list_images
-
     names = ws.list_datasets()
     name = name or (names[0] if names else "")
     if not name:
@@ -142,9 +142,6 @@ def run_booru(folder: Path | None, cfg: booru.BooruConfig, render: RenderConfig)
 def plan_curation(folder: Path | None, cfg: curation.CurationConfig,
                   render: RenderConfig) -> dict[Path, sidecar.CaptionRecord]:
     """The records the curation would change, with a preview of the ``.txt`` changes printed; writes nothing."""
-    from helpers.captions import format_preview
-    from helpers.dataset import list_images
-
     if folder is None:
         return {}
     records, problems = sidecar.load_records(list_images(folder))
@@ -168,8 +165,6 @@ def apply_curation(planned: dict[Path, sidecar.CaptionRecord], render: RenderCon
 
 def caption_sheet(folder: Path | None, limit: int = 18, columns: int = 6, size: int = 160):
     """A contact sheet of the first images with their current ``.txt`` caption under each (or None)."""
-    from helpers.captions import CaptionError, read_caption
-    from helpers.dataset import list_images
     from helpers.ui.gallery import thumbnail_grid
 
     if folder is None:
@@ -186,8 +181,6 @@ def caption_sheet(folder: Path | None, limit: int = 18, columns: int = 6, size: 
 
 def tag_chart(folder: Path | None, top: int = 30):
     """Bar chart of the dataset's most common tags (or None when there are none)."""
-    from helpers.dataset import list_images
-
     if folder is None:
         return None
     records, _ = sidecar.load_records(list_images(folder))

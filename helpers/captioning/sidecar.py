@@ -34,19 +34,16 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from helpers.captioning.tags import KEEP_SEPARATOR, join_tags, split_tags
-from helpers.captions import (
+from helpers.changes import ChangeSet, UndoResult, sha256_text, undo_changes
+from helpers.config import option
+from helpers.dataset.caption_files import (
     CaptionError,
     ChangeRow,
-    ChangeSet,
-    UndoResult,
     caption_path,
     preview_changes,
     read_caption,
-    undo_changes,
     write_captions,
 )
-from helpers.changes import sha256_text
-from helpers.config import option
 
 SIDECAR_EXT = ".captions.json"
 SIDECAR_VERSION = 1

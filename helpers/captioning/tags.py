@@ -159,3 +159,19 @@ def mcut_threshold(probs: Sequence[float]) -> float:
     gaps = [ranked[i] - ranked[i + 1] for i in range(len(ranked) - 1)]
     t = max(range(len(gaps)), key=gaps.__getitem__)
     return (ranked[t] + ranked[t + 1]) / 2
+
+
+# booru rating -> the rating tags a caption gets (Kohaku XL: explicit also counts as nsfw)
+RATING_TAGS = {"general": ["safe"], "sensitive": ["sensitive"], "questionable": ["nsfw"],
+               "explicit": ["nsfw", "explicit"]}
+
+
+def merge_tags(old: list[str], new: list[str], mode: str) -> list[str]:
+    """Combine an image's existing tags with the tagger's by ``mode`` (overwrite / append / prepend)."""
+    if mode == "overwrite":
+        return list(new)
+    if mode == "append":
+        return dedupe_tags(old + new)
+    if mode == "prepend":
+        return dedupe_tags(new + old)
+    raise ValueError(f"unknown mode {mode!r}: use overwrite, append or prepend")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers.captioning.wd_tagger import MODEL_FILE, TAGS_FILE, write_source
+from helpers.changes import write_text_atomic
 
 # (tag_id, name, category, count); weights per (blue, green, red) mean in 0..1, then bias
 TINY_TAGS: list[tuple[int, str, int, int, tuple[float, float, float], float]] = [
@@ -49,8 +50,6 @@ def tiny_tagger_weights() -> tuple[np.ndarray, np.ndarray]:
 
 def build_tiny_tagger(folder: str | os.PathLike, size: int = TINY_INPUT_SIZE) -> Path:
     """Write ``model.onnx`` + ``selected_tags.csv`` (+ ``source.json``) into ``folder``; returns the folder."""
-    from helpers.changes import write_text_atomic
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     w, b = tiny_tagger_weights()

@@ -25,8 +25,12 @@ from typing import ClassVar, Literal
 import numpy as np
 from PIL import Image
 
-from helpers.captioning.tags import UnderscoreRule, format_tag, mcut_threshold, remove_tags
+from helpers.captioning import sidecar
+from helpers.captioning.images import iter_batches
+from helpers.captioning.tags import RATING_TAGS, UnderscoreRule, format_tag, mcut_threshold, merge_tags, remove_tags
+from helpers.changes import write_text_atomic
 from helpers.config import option
+from helpers.dataset.files import list_images
 
 # short name -> Hub repo; v3 models are trained on Danbooru up to 2024-02 (10861 classes), v2 up to 2022
 TAGGER_REPOS = {
@@ -141,8 +145,6 @@ def fetch_tagger(model: str, models_dir: str | os.PathLike, *, revision: str | N
 
 
 def write_source(folder: Path, info: dict) -> None:
-    from helpers.changes import write_text_atomic
-
     write_text_atomic(folder / SOURCE_FILE, json.dumps(info, indent=2) + "\n")
 
 
@@ -343,8 +345,6 @@ def prediction_tags(pred: TagPrediction, *, character_first: bool = True, rating
     firsts = [format_tag(t, underscores, escape) for t in always_first]
     tags = [t for t in firsts if t in tags] + [t for t in tags if t not in firsts]
     if rating_words == "kohaku":
-        from helpers.captioning.booru import RATING_TAGS
-
         rating = list(RATING_TAGS.get(pred.rating, [])) if rating_tag != "none" else []
     else:
         rating = [format_tag(pred.rating, underscores, escape)] if rating_tag != "none" else []
@@ -366,8 +366,6 @@ def iter_tag_images(tagger: Tagger, images: Sequence[Path], cfg: TaggerConfig,
     from functools import partial
 
     from tqdm.auto import tqdm
-
-    from helpers.captioning.images import iter_batches
 
     problems = problems if problems is not None else {}
     with tqdm(total=len(images), desc="tagging", unit="img", disable=not progress) as bar:
@@ -413,19 +411,6 @@ class TaggingReport:
         return out
 
 
-def merge_tags(old: list[str], new: list[str], mode: str) -> list[str]:
-    """Combine an image's existing tags with the tagger's by ``mode`` (overwrite / append / prepend)."""
-    from helpers.captioning.tags import dedupe_tags
-
-    if mode == "overwrite":
-        return list(new)
-    if mode == "append":
-        return dedupe_tags(old + new)
-    if mode == "prepend":
-        return dedupe_tags(new + old)
-    raise ValueError(f"unknown mode {mode!r}: use overwrite, append or prepend")
-
-
 def tag_dataset(folder: str | os.PathLike, cfg: TaggerConfig, models_dir: str | os.PathLike,
                 render=None, progress: bool = True, tagger: Tagger | None = None) -> TaggingReport:
     """Tag every image under ``folder`` into its caption record, then (with ``render``) re-render the ``.txt``.
@@ -433,9 +418,6 @@ def tag_dataset(folder: str | os.PathLike, cfg: TaggerConfig, models_dir: str | 
     Images that already have tags are skipped when ``cfg.skip_tagged``; unreadable images and caption files
     are reported in ``problems`` and left untouched. Every write is a backed-up change set.
     """
-    from helpers.captioning import sidecar
-    from helpers.dataset import list_images
-
     if tagger is None:
         tagger = load_tagger(fetch_tagger(cfg.model, models_dir), cfg.device)
     images = list_images(folder)

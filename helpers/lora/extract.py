@@ -180,40 +180,11 @@ def extract_lora(base: str | os.PathLike, tuned: str | os.PathLike, out: str | o
             comp["layers"] += 1
             row = {"name": t.lora_name, "component": t.component, "module": t.module, "shape": list(t.shape)}
             modules.append(row)
-            if t.component not in tuned_ck.components() or t.weight_key not in tuned_ck.keys(t.component):
-                comp["missing_in_tuned"] += 1
-                comp["skipped"] += 1
-                row["skipped"] = "missing in the tuned model"
-                continue
-            tuned_shape = tuple(tuned_ck.shape(t.component, t.weight_key))
-            if tuned_shape != t.shape:
-                raise ExtractError(f"{t.component} {t.weight_key}: base has shape {t.shape}, tuned has "
-                                   f"{tuned_shape}; these are not the same model family")
-            w = base_ck.get(t.component, t.weight_key).float()
-            delta = tuned_ck.get(t.component, t.weight_key).float().sub_(w)
-            # row norms in float32 summed in float64 (svd.squared_norm): exact enough, no float64 copies
-            max_abs = float(torch.linalg.vector_norm(delta, ord=float("inf"))) if delta.numel() else 0.0
-            energy = float(svd.squared_norm(delta.reshape(delta.shape[0], -1))) if delta.numel() else 0.0
-            w_energy = float(svd.squared_norm(w.reshape(w.shape[0], -1))) if w.numel() else 0.0
-            eps = rounding_eps(base_ck.dtype(t.component, t.weight_key), tuned_ck.dtype(t.component, t.weight_key))
-            rounding_only = (eps > 0 and 0 < max_abs <= eps * float(torch.linalg.vector_norm(w, ord=float("inf")))
-                             and bool((delta.abs() <= eps * w.abs()).all()))
-            del w
-            comp["max_abs_change"] = max(comp["max_abs_change"], max_abs)
-            comp["delta_energy"] += energy
-            comp["weight_energy"] += w_energy
-            row.update(max_abs_change=max_abs, relative_change=math.sqrt(energy / w_energy) if w_energy else 0.0,
-                       delta_energy=energy)
-            threshold = min_diff if t.component == "unet" else te_min_diff
-            if max_abs <= threshold or rounding_only:
-                comp["skipped"] += 1
-                comp["rounding_only"] += int(max_abs > threshold)
-                row["skipped"] = (f"unchanged (max |change| {max_abs:.3g} <= {threshold:g})" if max_abs <= threshold
-                                  else "unchanged (differences are only float rounding between the two files' dtypes)")
+            delta = _layer_change(t, base_ck, tuned_ck, comp, row, min_diff if t.component == "unet" else te_min_diff)
+            if delta is None:
                 continue
             comp["extracted"] += 1
-            layer_rank = conv_rank if t.is_conv3x3 else rank
-            pending.append(_Pending(t, delta.reshape(t.matrix_shape), layer_rank, row))
+            pending.append(_Pending(t, delta.reshape(t.matrix_shape), conv_rank if t.is_conv3x3 else rank, row))
             queued += delta.numel() * 4
             if queued >= BATCH_BYTES:
                 _flush(pending, dev, solver, clamp_quantile, out_dtype, tensors)
@@ -228,21 +199,63 @@ def extract_lora(base: str | os.PathLike, tuned: str | os.PathLike, out: str | o
     if not tensors:
         raise ExtractError(f"no layer differs between {base} and {tuned} (largest change <= min_diff): "
                            "is the tuned model really a fine-tune of this base? Nothing was written.")
-    summary = report.summarise_extraction(modules, components, te_min_diff=te_min_diff,
+    settings = {"rank": rank, "conv_rank": conv_rank, "precision": precision, "min_diff": min_diff,
+                "te_min_diff": te_min_diff, "clamp_quantile": clamp_quantile, "solver": solver, "device": str(dev)}
+    return _write_extraction(out, tensors, modules, components, arch=arch, prediction=prediction, base=base,
+                             tuned=tuned, settings=settings)
+
+
+def _layer_change(t, base_ck, tuned_ck, comp: dict, row: dict, threshold: float) -> torch.Tensor | None:
+    """``tuned - base`` of one target layer in float32, or None (with the reason in ``row``) when it is skipped:
+    missing in the tuned model, unchanged, or changed only by float rounding between the files' dtypes."""
+    if t.component not in tuned_ck.components() or t.weight_key not in tuned_ck.keys(t.component):
+        comp["missing_in_tuned"] += 1
+        comp["skipped"] += 1
+        row["skipped"] = "missing in the tuned model"
+        return None
+    tuned_shape = tuple(tuned_ck.shape(t.component, t.weight_key))
+    if tuned_shape != t.shape:
+        raise ExtractError(f"{t.component} {t.weight_key}: base has shape {t.shape}, tuned has "
+                           f"{tuned_shape}; these are not the same model family")
+    w = base_ck.get(t.component, t.weight_key).float()
+    delta = tuned_ck.get(t.component, t.weight_key).float().sub_(w)
+    # row norms in float32 summed in float64 (svd.squared_norm): exact enough, no float64 copies
+    max_abs = float(torch.linalg.vector_norm(delta, ord=float("inf"))) if delta.numel() else 0.0
+    energy = float(svd.squared_norm(delta.reshape(delta.shape[0], -1))) if delta.numel() else 0.0
+    w_energy = float(svd.squared_norm(w.reshape(w.shape[0], -1))) if w.numel() else 0.0
+    eps = rounding_eps(base_ck.dtype(t.component, t.weight_key), tuned_ck.dtype(t.component, t.weight_key))
+    rounding_only = (eps > 0 and 0 < max_abs <= eps * float(torch.linalg.vector_norm(w, ord=float("inf")))
+                     and bool((delta.abs() <= eps * w.abs()).all()))
+    comp["max_abs_change"] = max(comp["max_abs_change"], max_abs)
+    comp["delta_energy"] += energy
+    comp["weight_energy"] += w_energy
+    row.update(max_abs_change=max_abs, relative_change=math.sqrt(energy / w_energy) if w_energy else 0.0,
+               delta_energy=energy)
+    if max_abs <= threshold or rounding_only:
+        comp["skipped"] += 1
+        comp["rounding_only"] += int(max_abs > threshold)
+        row["skipped"] = (f"unchanged (max |change| {max_abs:.3g} <= {threshold:g})" if max_abs <= threshold
+                          else "unchanged (differences are only float rounding between the two files' dtypes)")
+        return None
+    return delta
+
+
+def _write_extraction(out: Path, tensors: dict, modules: list[dict], components: dict, *, arch: str,
+                      prediction: str, base, tuned, settings: dict) -> dict:
+    """Write the LoRA (earlier files kept as backups) and its fidelity report; returns the report."""
+    rank, conv_rank = settings["rank"], settings["conv_rank"]
+    summary = report.summarise_extraction(modules, components, te_min_diff=settings["te_min_diff"],
                                           nearly_unchanged=NEARLY_UNCHANGED)
     network_args = {"conv_dim": str(conv_rank), "conv_alpha": str(float(conv_rank))} if conv_rank else {}
     extra = {"tunebook.extract": json.dumps({"base": Path(base).name, "tuned": Path(tuned).name,
-                                             "solver": solver, "clamp_quantile": clamp_quantile,
+                                             "solver": settings["solver"],
+                                             "clamp_quantile": settings["clamp_quantile"],
                                              "kept_energy": summary["overall"]["kept_energy"]})}
     metadata = kohya_metadata(arch, prediction, rank, float(rank), network_args, out.stem, extra)
     backups = backup_existing(out, report.report_path(out))
     write_lora(out, tensors, metadata)
     result = {"kind": "extract", "file": str(out), "size_bytes": out.stat().st_size, "arch": arch,
-              "base": str(base), "tuned": str(tuned),
-              "settings": {"rank": rank, "conv_rank": conv_rank, "precision": precision, "min_diff": min_diff,
-                           "te_min_diff": te_min_diff, "clamp_quantile": clamp_quantile, "solver": solver,
-                           "device": str(dev)},
-              **summary, "modules": modules}
+              "base": str(base), "tuned": str(tuned), "settings": settings, **summary, "modules": modules}
     if backups:
         result.setdefault("messages", []).append("previous files kept as " + ", ".join(b.name for b in backups))
     report.write_report(result, report.report_path(out))

@@ -74,8 +74,8 @@ def merge_lora(base: str | os.PathLike, lora: str | os.PathLike | list, out: str
 
     ``lora`` may be a list of files (with one strength each, or one strength for all). Returns a summary.
     """
-    from helpers.models import keymap, open_checkpoint
-    from helpers.models.export import PRECISIONS, modelspec_metadata, plan_original_layout, write_safetensors
+    from helpers.models import open_checkpoint
+    from helpers.models.export import PRECISIONS, modelspec_metadata, write_safetensors
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -94,15 +94,7 @@ def merge_lora(base: str | os.PathLike, lora: str | os.PathLike | list, out: str
     missing = [c for c in (["unet", "vae", "te1"] + (["te2"] if ck.arch == "sdxl" else [])) if c not in ck.components()]
     if missing:
         raise LoraFileError(f"{base}: the base lacks {', '.join(missing)}; merging needs a complete model")
-    # (component, weight key) -> [(module, strength)]
-    changes: dict[tuple[str, str], list] = {}
-    counts = []
-    for path, s in zip(paths, strengths, strict=True):
-        lf = read_lora(path, allow_pickle=allow_pickle)
-        resolved = resolve_modules(lf, ck)
-        for name, target in resolved.items():
-            changes.setdefault((target.component, target.weight_key), []).append((lf.modules[name], s, target))
-        counts.append({"file": str(path), "strength": s, "layers": len(resolved), "algorithms": lf.algos})
+    changes, counts = _collect_changes(paths, strengths, ck, allow_pickle)
 
     def load(component: str, name: str) -> torch.Tensor:
         t = ck.get(component, name)
@@ -114,27 +106,7 @@ def merge_lora(base: str | os.PathLike, lora: str | os.PathLike | list, out: str
             w = w + s * module.delta(tuple(w.shape))
         return w
 
-    meta_states = {c: {k: torch.empty(ck.shape(c, k), dtype=ck.dtype(c, k), device="meta") for k in ck.keys(c)}
-                   for c in ck.components()}
-    tes = [meta_states["te1"]] + ([meta_states["te2"]] if ck.arch == "sdxl" else [])
-    plan = plan_original_layout(meta_states["unet"], meta_states["vae"], tes, ck.arch, PRECISIONS[precision],
-                                ck.prediction)
-    prefixes = keymap.component_prefixes(ck.arch)
-    for key, (shape, dtype, make) in list(plan.items()):
-        component = next((c for c, p in prefixes.items() if key.startswith(p)), None)
-        if component is None or key.endswith("logit_scale"):
-            continue  # constants the plan makes itself (v_pred marker, OpenCLIP logit scale)
-        names = keymap.key_to_diffusers(component, key, ck.arch)
-        if len(names) == 3:
-            kind = "stack"  # TE2 in_proj: q, k, v stacked
-        elif component == "te2" and names[0] == "text_projection.weight":
-            kind = "transpose"
-        elif len(shape) == 4 and len(ck.shape(component, names[0])) == 2:
-            kind = "conv1x1"  # VAE attention stored as a 1x1 conv
-        else:
-            kind = ""
-        make = _tensor_source(load, component, names, kind)
-        plan[key] = (shape, dtype, make)
+    plan = _merged_plan(ck, load, PRECISIONS[precision])
     metadata = modelspec_metadata(ck.arch, ck.prediction, out.stem)
     configs = _configs_of(ck)
     if configs:
@@ -147,3 +119,43 @@ def merge_lora(base: str | os.PathLike, lora: str | os.PathLike | list, out: str
         ck.close()
     return {"kind": "merge", "file": str(out), "size_bytes": out.stat().st_size, "arch": ck.arch,
             "base": str(base), "loras": counts, "layers_changed": len(changes), "precision": precision}
+
+
+def _collect_changes(paths: list[Path], strengths: list[float], ck, allow_pickle: bool):
+    """({(component, weight key): [(module, strength, target)]}, one summary per LoRA file)."""
+    changes: dict[tuple[str, str], list] = {}
+    counts = []
+    for path, s in zip(paths, strengths, strict=True):
+        lf = read_lora(path, allow_pickle=allow_pickle)
+        resolved = resolve_modules(lf, ck)
+        for name, target in resolved.items():
+            changes.setdefault((target.component, target.weight_key), []).append((lf.modules[name], s, target))
+        counts.append({"file": str(path), "strength": s, "layers": len(resolved), "algorithms": lf.algos})
+    return changes, counts
+
+
+def _merged_plan(ck, load, dtype: torch.dtype) -> dict:
+    """The original-layout tensor plan of the base model, each tensor made by ``load`` (base + LoRA deltas)."""
+    from helpers.models import keymap
+    from helpers.models.export import plan_original_layout
+
+    meta_states = {c: {k: torch.empty(ck.shape(c, k), dtype=ck.dtype(c, k), device="meta") for k in ck.keys(c)}
+                   for c in ck.components()}
+    tes = [meta_states["te1"]] + ([meta_states["te2"]] if ck.arch == "sdxl" else [])
+    plan = plan_original_layout(meta_states["unet"], meta_states["vae"], tes, ck.arch, dtype, ck.prediction)
+    prefixes = keymap.component_prefixes(ck.arch)
+    for key, (shape, dtype_, _make) in list(plan.items()):
+        component = next((c for c, p in prefixes.items() if key.startswith(p)), None)
+        if component is None or key.endswith("logit_scale"):
+            continue  # constants the plan makes itself (v_pred marker, OpenCLIP logit scale)
+        names = keymap.key_to_diffusers(component, key, ck.arch)
+        if len(names) == 3:
+            kind = "stack"  # TE2 in_proj: q, k, v stacked
+        elif component == "te2" and names[0] == "text_projection.weight":
+            kind = "transpose"
+        elif len(shape) == 4 and len(ck.shape(component, names[0])) == 2:
+            kind = "conv1x1"  # VAE attention stored as a 1x1 conv
+        else:
+            kind = ""
+        plan[key] = (shape, dtype_, _tensor_source(load, component, names, kind))
+    return plan

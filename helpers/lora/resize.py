@@ -105,7 +105,6 @@ def resize_lora(source: str | os.PathLike, out: str | os.PathLike | None = None,
     dev = pick_device(device)
     tensors: dict[str, torch.Tensor] = {}
     rows: list[dict] = []
-    old_ranks: set[int] = set()
     last_alpha = None
     for name, module in tqdm(lora.modules.items(), desc="resize", unit="layer", disable=not progress):
         first = next(iter(module.tensors.values()))
@@ -114,45 +113,59 @@ def resize_lora(source: str | os.PathLike, out: str | os.PathLike | None = None,
             out_dtype = torch.float16
         row = {"name": name, "algo": module.algo, "old_rank": module.rank}
         rows.append(row)
-        if module.rank is not None:
-            old_ranks.add(module.rank)
-        if module.algo == "lora" and "lora_mid.weight" not in module.tensors:
-            up = module.tensors["lora_up.weight"].to(dev, torch.float32)
-            down = module.tensors["lora_down.weight"].to(dev, torch.float32)
-            up_shape, down_shape = up.shape, down.shape
-            conv = _is_conv3x3(tuple(down_shape))
-            u, s, vh = svd.product_svd(up.flatten(1), down.flatten(1))
-            scale = module.scale
-        else:  # LoHa / LoKr / Tucker LoCon / full: factorise the merged delta (it already carries its scale)
-            delta = module.delta().to(dev)
-            shape = weight_shape(name, delta)
-            conv = _is_conv3x3(shape)
-            up_shape = (shape[0], 0) + ((1, 1) if len(shape) == 4 else ())
-            down_shape = (0,) + tuple(shape[1:])
-            mat = delta.reshape(shape[0], -1)
-            u, s, vh, _ = svd.truncated_svd(mat, min(mat.shape), "gram")
-            scale = 1.0
-        cap = (conv_rank or rank) if conv else rank
+        u, s, vh, up_shape, down_shape, conv, scale = _module_factors(name, module, dev)
         total = float((s.double() ** 2).sum())
-        k = svd.choose_rank(s.cpu(), cap, method, param)
+        k = svd.choose_rank(s.cpu(), (conv_rank or rank) if conv else rank, method, param)
         row["delta_energy"] = total * scale ** 2
         if k == 0:
             row["skipped"] = "all-zero layer: dropped"
             continue
         new_up, new_down = svd.split_factors(u[:, :k], s[:k], vh[:k])
-        new_up = new_up.reshape(up_shape[0], k, *up_shape[2:])
-        new_down = new_down.reshape(k, *down_shape[1:])
-        alpha = scale * k  # keeps alpha / rank, the layer's effective multiplier
-        last_alpha = alpha
-        tensors[f"{name}.lora_up.weight"] = new_up.to("cpu", out_dtype).contiguous()
-        tensors[f"{name}.lora_down.weight"] = new_down.to("cpu", out_dtype).contiguous()
-        tensors[f"{name}.alpha"] = torch.tensor(alpha, dtype=out_dtype)
+        last_alpha = scale * k  # keeps alpha / rank, the layer's effective multiplier
+        tensors[f"{name}.lora_up.weight"] = new_up.reshape(up_shape[0], k, *up_shape[2:]).to("cpu", out_dtype).contiguous()
+        tensors[f"{name}.lora_down.weight"] = new_down.reshape(k, *down_shape[1:]).to("cpu", out_dtype).contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(last_alpha, dtype=out_dtype)
         kept = svd.kept_energy(s, total, k)
         row.update(rank=k, kept=kept, fro_retained=kept ** 0.5,
                    curve=svd.energy_curve(s.cpu(), total, report.CURVE_RANKS, complete=True))
     if not tensors:
         raise LoraFileError(f"{source}: every layer is zero; nothing to write")
     tensors.update(lora.extra)
+    old_ranks = {r["old_rank"] for r in rows if r["old_rank"] is not None}
+    metadata = _resized_metadata(lora, tensors, old_ranks, method, param, rank, conv_rank, last_alpha)
+    backups = backup_existing(out, report.report_path(out))
+    write_lora(out, tensors, metadata)
+    settings = {"rank": rank, "conv_rank": conv_rank, "dynamic": dynamic, "precision": precision}
+    result = _resize_report(source, out, lora.arch, rows, settings)
+    if backups:
+        result.setdefault("messages", []).append("previous files kept as " + ", ".join(b.name for b in backups))
+    report.write_report(result, report.report_path(out))
+    return result
+
+
+def _module_factors(name: str, module, dev):
+    """(U, S, Vh, up shape, down shape, is 3x3 conv, scale) of one module's update, on ``dev``.
+
+    Plain LoRA factorises ``up @ down`` exactly through the factors' QR; LoHa / LoKr / Tucker LoCon / full
+    factorise their merged delta, which already carries its scale.
+    """
+    if module.algo == "lora" and "lora_mid.weight" not in module.tensors:
+        up = module.tensors["lora_up.weight"].to(dev, torch.float32)
+        down = module.tensors["lora_down.weight"].to(dev, torch.float32)
+        u, s, vh = svd.product_svd(up.flatten(1), down.flatten(1))
+        return u, s, vh, up.shape, down.shape, _is_conv3x3(tuple(down.shape)), module.scale
+    delta = module.delta().to(dev)
+    shape = weight_shape(name, delta)
+    up_shape = (shape[0], 0) + ((1, 1) if len(shape) == 4 else ())
+    down_shape = (0,) + tuple(shape[1:])
+    mat = delta.reshape(shape[0], -1)
+    u, s, vh, _ = svd.truncated_svd(mat, min(mat.shape), "gram")
+    return u, s, vh, up_shape, down_shape, _is_conv3x3(shape), 1.0
+
+
+def _resized_metadata(lora, tensors: dict, old_ranks: set[int], method, param, rank: int, conv_rank: int,
+                      last_alpha) -> dict[str, str]:
+    """The source's ``ss_*`` metadata with the new dims, the resize note and the network module updated."""
     metadata = dict(lora.metadata)
     old = "/".join(str(r) for r in sorted(old_ranks)) or metadata.get("ss_network_dim", "?")
     comment = metadata.get("ss_training_comment", "")
@@ -169,8 +182,10 @@ def resize_lora(source: str | os.PathLike, out: str | os.PathLike | None = None,
     if any(t.dim() == 4 and tuple(t.shape[2:]) != (1, 1) for k_, t in tensors.items() if k_.endswith("down.weight")):
         c = conv_rank or rank
         metadata["ss_network_args"] = json.dumps({"conv_dim": str(c), "conv_alpha": str(float(c))})
-    backups = backup_existing(out, report.report_path(out))
-    write_lora(out, tensors, metadata)
+    return metadata
+
+
+def _resize_report(source, out: Path, arch: str, rows: list[dict], settings: dict) -> dict:
     extracted = [r for r in rows if "kept" in r]
     overall = {"kept_energy": report.weighted_kept(extracted),
                "mean_layer_kept": sum(r["kept"] for r in extracted) / len(extracted),
@@ -180,18 +195,13 @@ def resize_lora(source: str | os.PathLike, out: str | os.PathLike | None = None,
     ranks: dict[str, int] = {}
     for r in extracted:
         ranks[str(r["rank"])] = ranks.get(str(r["rank"]), 0) + 1
-    result = {"kind": "resize", "file": str(out), "size_bytes": out.stat().st_size, "source": str(source),
-              "source_size_bytes": Path(source).stat().st_size, "arch": lora.arch,
-              "settings": {"rank": rank, "conv_rank": conv_rank, "dynamic": dynamic, "precision": precision},
-              "overall": overall, "new_ranks": ranks,
-              "messages": [f"{len(extracted)} layers resized, {overall['layers_skipped']} dropped (all zero)"],
-              "rank_table": report.rank_table(extracted),
-              "skipped": [{"name": r["name"], "reason": r["skipped"]} for r in rows if "skipped" in r],
-              "modules": rows}
-    if backups:
-        result.setdefault("messages", []).append("previous files kept as " + ", ".join(b.name for b in backups))
-    report.write_report(result, report.report_path(out))
-    return result
+    return {"kind": "resize", "file": str(out), "size_bytes": out.stat().st_size, "source": str(source),
+            "source_size_bytes": Path(source).stat().st_size, "arch": arch, "settings": settings,
+            "overall": overall, "new_ranks": ranks,
+            "messages": [f"{len(extracted)} layers resized, {overall['layers_skipped']} dropped (all zero)"],
+            "rank_table": report.rank_table(extracted),
+            "skipped": [{"name": r["name"], "reason": r["skipped"]} for r in rows if "skipped" in r],
+            "modules": rows}
 
 
 def resize_from_config(cfg: ResizeConfig, progress: bool = True) -> dict:

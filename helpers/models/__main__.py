@@ -7,13 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def _human(n: float) -> str:
-    for unit in ("", "K", "M", "G"):
-        if abs(n) < 1000:
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n:.3g}T"
+from helpers.models.checkpoint import human_count
 
 
 def format_summary(summary: dict) -> str:
@@ -22,30 +16,11 @@ def format_summary(summary: dict) -> str:
              f"  {summary['arch']}, {summary['prediction']}, {summary['layout']}, "
              f"{summary['size_bytes'] / 1024 ** 3:.2f} GiB"]
     for name, c in summary["components"].items():
-        lines.append(f"  {name:5s} {c['tensors']:5d} tensors  {_human(c['parameters']):>7s} params  "
+        lines.append(f"  {name:5s} {c['tensors']:5d} tensors  {human_count(c['parameters']):>7s} params  "
                      f"{'/'.join(c['dtypes'])}")
     if summary["unknown_keys"]:
         lines.append(f"  ({summary['unknown_keys']} extra tensors not used by any component)")
     return "\n".join(lines)
-
-
-def run_demo(ws) -> dict[str, str]:
-    """Inspect every base model in the demo workspace (header reads only: milliseconds)."""
-    from .checkpoint import CheckpointError, open_checkpoint, summarize_checkpoint
-
-    out = {}
-    for path in sorted(ws.models.iterdir()) if ws.models.exists() else []:
-        if path.name.startswith(".") or not (path.is_dir() or path.suffix == ".safetensors"):
-            continue
-        try:
-            with open_checkpoint(path) as ck:
-                s = summarize_checkpoint(ck)
-        except CheckpointError as exc:  # one unusable file must not stop the demo; say why instead
-            out[f"model {path.name}"] = f"not loadable: {exc}"
-            continue
-        params = sum(c["parameters"] for c in s["components"].values())
-        out[f"model {path.name}"] = f"{s['arch']} {s['prediction']} {s['layout']}, {_human(params)} params"
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -473,3 +473,12 @@ def summarize_checkpoint(ck: Checkpoint) -> dict[str, Any]:
     return {"path": str(ck.path), "arch": ck.arch, "prediction": ck.prediction, "layout": ck.layout,
             "size_bytes": size, "components": components, "unknown_keys": len(ck.unknown_keys),
             "title": ck.metadata.get("modelspec.title", "")}
+
+
+def human_count(n: float) -> str:
+    """A parameter count for people: 2.57G, 123M, 36.2K."""
+    for unit in ("", "K", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}T"

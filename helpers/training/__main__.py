@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ws_root = args.workspace or os.environ.get("TUNEBOOK_WORKSPACE")
     ws = Workspace.open(ws_root) if ws_root else None
     if args.check:
-        from helpers.captions import CaptionError
+        from helpers.dataset.caption_files import CaptionError
         from helpers.training.captions import build_caption_pipeline
         from helpers.training.data import scan_dataset
         from helpers.training.implications import ImplicationError

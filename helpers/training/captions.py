@@ -29,8 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.captioning.sidecar import SIDECAR_EXT, parse_record, sidecar_path
 from helpers.captioning.tags import KEEP_SEPARATOR, TagPatterns, tag_key
+from helpers.changes import sha256_text
 from helpers.config import option
+from helpers.dataset.caption_files import caption_path, read_caption
 from helpers.models.prompt_chunks import token_limit_problem
 from helpers.training.implications import ImplicationError, TagImplications, load_implications
 
@@ -267,10 +270,6 @@ def load_caption_sources(images: list[Path], texts: list[str], use_records: bool
     if not use_records:
         return [CaptionSource(t) for t in texts]
     from tqdm.auto import tqdm
-
-    from helpers.captioning.sidecar import SIDECAR_EXT, parse_record, sidecar_path
-    from helpers.captions import caption_path, read_caption
-    from helpers.changes import sha256_text
 
     sources, edited = [], 0
     for image, text in tqdm(list(zip(images, texts, strict=True)), desc="reading caption records", unit="img",

@@ -1,9 +1,10 @@
 """Training data: images + captions -> one-bucket batches of pixels (or cached latents) with SDXL size info.
 
-Owns the dataset scan (kohya ``N_name`` folders = N repeats, ``.txt`` captions, bad files reported), aspect
-ratio buckets with kohya's semantics (predefined list, or ``no_upscale``), resize/crop/flip, the per-epoch
-batch plan and the latent cache (memory or disk, keyed by image content, bucket, crop, flip and VAE). The
-per-step caption edits live in ``training.captions``.
+Reads the dataset through ``helpers.dataset.files`` (the layout the dataset check uses too: kohya ``N_name``
+folders = N repeats, captions, bad files reported) and places images in ``helpers.dataset.buckets``' aspect
+ratio buckets; owns resize/crop/flip/colour jitter, the per-epoch batch plan and the latent cache (memory or
+disk, keyed by image content, bucket, crop, flip and VAE). The per-step caption edits live in
+``training.captions``.
 
 Every random choice (batch order, crop, flip, caption edits) comes from a generator seeded by
 (seed, epoch, position), never from global state, so an epoch is a pure function of its number: a resumed run
@@ -15,10 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +25,13 @@ from typing import Literal
 
 import torch
 
-from helpers.captions import CaptionError
 from helpers.config import option
+from helpers.dataset.buckets import make_buckets, select_bucket
+from helpers.dataset.caption_files import CaptionError
+from helpers.dataset.files import IMAGE_EXTENSIONS, dataset_entries, read_image_size
 from helpers.training.augment import ColorJitter, apply_color_jitter, draw_color_jitter
 from helpers.training.captions import CaptionConfig, CaptionPipeline, build_caption_pipeline, no_flip_images
 from helpers.training.implications import ImplicationError
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-REPEATS_RE = re.compile(r"^(\d+)_(.+)$")
 
 
 @dataclass
@@ -101,6 +99,7 @@ class DatasetReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     empty_captions: list[str] = field(default_factory=list)
     missing_captions: list[str] = field(default_factory=list)
+    multiline_captions: list[str] = field(default_factory=list)
     ignored_folders: list[str] = field(default_factory=list)
     buckets: dict[str, int] = field(default_factory=dict)
 
@@ -115,6 +114,9 @@ class DatasetReport:
                          + ", ".join(self.missing_captions[:5]))
         if self.empty_captions:
             lines.append(f"{len(self.empty_captions)} with an empty caption: " + ", ".join(self.empty_captions[:5]))
+        if self.multiline_captions:
+            lines.append(f"{len(self.multiline_captions)} captions with more than one line (only the first is "
+                         "trained): " + ", ".join(self.multiline_captions[:5]))
         if self.ignored_folders:
             lines.append("ignored folders: " + ", ".join(self.ignored_folders))
         return "\n".join(lines)
@@ -123,147 +125,47 @@ class DatasetReport:
         return dataclasses.asdict(self)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """Width and height, after checking the whole file decodes (JPEG at 1/8 scale, which is cheap)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        size = im.size
-        if im.format == "JPEG":
-            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-        im.load()
-    return size
-
-
-def _read_caption(image: Path, extension: str, fallback: str) -> tuple[str | None, str]:
-    """(caption, problem): problem is "", "missing", "empty" or a reason the caption is unusable."""
-    path = image.with_suffix(extension)
-    if not path.exists():
-        return fallback, "missing"
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return None, f"caption {path.name} is not UTF-8 text (byte {exc.start}): re-save it as UTF-8"
-    text = text.strip().splitlines()[0].strip() if text.strip() else ""
-    return text, "" if text else "empty"
-
-
 def scan_dataset(root: str | Path, *, caption_extension: str = ".txt", default_repeats: int = 1,
                  on_bad_data: str = "skip") -> tuple[list[ImageItem], DatasetReport]:
-    """Find images and captions under ``root``.
+    """Find images and captions under ``root`` (the layout rules of ``helpers.dataset.files``, which the dataset
+    check uses too), reading each image's size.
 
-    Images directly in ``root`` (or in folders without an ``N_`` prefix) repeat ``default_repeats`` times;
-    a kohya ``N_name`` folder repeats N times and its ``name`` is the caption of images without a caption
-    file. Corrupt images and non-UTF-8 captions are skipped with a reason, or raise ``DataError`` when
-    ``on_bad_data == "stop"``.
+    Images in no ``N_name`` folder repeat ``default_repeats`` times; an ``N_name`` folder repeats N times and its
+    ``name`` is the caption of images without a caption file. Corrupt images and non-UTF-8 captions are skipped
+    with a reason, or raise ``DataError`` when ``on_bad_data == "stop"``.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}: give a folder of images with .txt captions")
     report = DatasetReport()
-    folders: list[tuple[Path, int, str]] = [(root, default_repeats, "")]
-    # "_rejected" (dataset check) and hidden folders (backups, caches) are never training data
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        match = REPEATS_RE.match(sub.name)
-        if match and int(match.group(1)) >= 1:
-            folders.append((sub, int(match.group(1)), match.group(2)))
-        elif match:
-            report.ignored_folders.append(f"{sub.name} (0 repeats)")
-        else:
-            folders.append((sub, default_repeats, ""))
+    entries, report.ignored_folders = dataset_entries(root, caption_ext=caption_extension,
+                                                      default_repeats=default_repeats)
     items: list[ImageItem] = []
-    for folder, repeats, class_tokens in folders:
-        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
-            rel = str(path.relative_to(root))
+    for entry in entries:
+        rel = str(entry.path.relative_to(root))
+        problem = entry.caption_problem if entry.caption is None else ""
+        if not problem:
             try:
-                width, height = _image_size(path)
+                width, height = read_image_size(entry.path)
             except Exception as exc:  # PIL raises many types for broken files
                 problem = f"not a readable image ({type(exc).__name__}: {exc})"
-                if on_bad_data == "stop":
-                    raise DataError(f"{path}: {problem}: fix or remove it, or set on_bad_data = 'skip'") from None
-                report.skipped.append((rel, problem))
-                continue
-            caption, problem = _read_caption(path, caption_extension, class_tokens)
-            if caption is None:
-                if on_bad_data == "stop":
-                    raise DataError(f"{path}: {problem}, or set on_bad_data = 'skip'")
-                report.skipped.append((rel, problem))
-                continue
-            if problem == "missing":
-                report.missing_captions.append(rel)
-            if not caption:
-                report.empty_captions.append(rel)
-            items.append(ImageItem(path, caption, repeats, width, height))
+        if problem:
+            if on_bad_data == "stop":
+                raise DataError(f"{entry.path}: {problem}: fix or remove it, or set on_bad_data = 'skip'")
+            report.skipped.append((rel, problem))
+            continue
+        {"missing": report.missing_captions, "empty": report.empty_captions,
+         "multiline": report.multiline_captions}.get(entry.caption_problem, []).append(rel)
+        items.append(ImageItem(entry.path, entry.caption, entry.repeats, width, height))
     report.images = len(items)
     report.samples_per_epoch = sum(i.repeats for i in items)
     if not items:
-        raise DataError(f"no usable images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        raise DataError(f"no usable images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})"
                         + (f"; skipped: {report.skipped[:3]}" if report.skipped else ""))
     return items, report
 
 
 # ---------------------------------------------------------------- buckets
-
-
-def make_buckets(resolution: int, min_side: int, max_side: int, step: int) -> list[tuple[int, int]]:
-    """Kohya's predefined (width, height) buckets of area ≤ resolution².
-
-    Source: sd-scripts ``library/model_util.make_bucket_resolutions``: the square, then for each width from
-    ``min_side`` in ``step``s, height = min(max_side, ⌊area / width / step⌋ · step), both orientations.
-    """
-    area = resolution * resolution
-    side = int(math.sqrt(area) // step * step)
-    buckets = {(side, side)}
-    width = min_side
-    while width <= max_side:
-        height = min(max_side, int((area // width) // step * step))
-        if height >= min_side:
-            buckets.add((width, height))
-            buckets.add((height, width))
-        width += step
-    return sorted(buckets)
-
-
-def _round_to_step(x: float, step: int) -> int:
-    x = int(x + 0.5)
-    return x - x % step
-
-
-def select_bucket(width: int, height: int, buckets: list[tuple[int, int]] | None, *, resolution: int,
-                  step: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(bucket (w, h), resized image size (w, h)) for an image; the resized image covers the bucket.
-
-    Source: sd-scripts ``train_util.BucketManager.select_bucket``. With a bucket list: an exact size wins,
-    else the smallest aspect-ratio error; the image is scaled so it covers the bucket. With ``buckets=None``
-    (no-upscale): images larger than resolution² shrink keeping their aspect ratio (the rounding of width
-    or height with the smaller aspect error wins), smaller ones keep their size; the bucket is the resized
-    size floored to ``step`` (cropped, never padded).
-    """
-    aspect = width / height
-    if buckets is not None:
-        if (width, height) in buckets:
-            bucket = (width, height)
-        else:
-            bucket = min(buckets, key=lambda b: abs(b[0] / b[1] - aspect))
-        scale = bucket[1] / height if aspect > bucket[0] / bucket[1] else bucket[0] / width
-        resized = (max(bucket[0], int(width * scale + 0.5)), max(bucket[1], int(height * scale + 0.5)))
-        return bucket, resized
-    area = resolution * resolution
-    if width * height > area:
-        rw = math.sqrt(area * aspect)
-        rh = area / rw
-        bw = _round_to_step(rw, step)
-        bh_w = _round_to_step(bw / aspect, step)
-        bh = _round_to_step(rh, step)
-        bw_h = _round_to_step(bh * aspect, step)
-        if bh_w and bh and abs(bw / bh_w - aspect) < abs(bw_h / bh - aspect):
-            resized = (bw, int(bw / aspect + 0.5))
-        else:
-            resized = (int(bh * aspect + 0.5), bh)
-    else:
-        resized = (width, height)
-    bucket = (resized[0] - resized[0] % step, resized[1] - resized[1] % step)
-    return bucket, resized
 
 
 def assign_buckets(items: list[ImageItem], *, resolution: int, enable_buckets: bool, min_side: int,
