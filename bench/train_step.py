@@ -8,6 +8,7 @@ meta device: 20.2 TFLOP at 1024²) / the GPU's dense bf16 peak.
     python bench/train_step.py                          # auto: CUDA if present, else tiny on CPU
     python bench/train_step.py --device cuda --optimizer AdamW --gradient-checkpointing --train-text-encoder
     python bench/train_step.py --count-flops-only       # FLOPs per image of the real configs (CPU, seconds)
+    python bench/train_step.py --device cuda --ema cpu  # EMA kept in CPU memory: its update time per step
 
 The step is ``helpers.training.loop.run_optimizer_step`` on cached-latent batches (``--pixels`` adds the VAE
 encode, as a run without latent cache does).
@@ -107,15 +108,17 @@ def synthetic_batch(batch_size: int, resolution: int, pixels: bool, seed: int) -
 
 def bench_steps(bundle, *, resolution: int, batch_size: int, steps: int, warmup: int, mixed_precision: str,
                 optimizer_name: str, gradient_checkpointing: bool, train_text_encoder: bool, pixels: bool,
-                device: str) -> dict:
+                device: str, ema: str = "off") -> dict:
     """Run the loop's optimizer step ``warmup + steps`` times; timings over the last ``steps``."""
     from accelerate.state import AcceleratorState
 
     from helpers.training.components import DTYPES, choose_trained_models, model_family, prepare_models
     from helpers.training.config import ObjectiveConfig
+    from helpers.training.ema import ExponentialMovingAverage
     from helpers.training.loop import run_optimizer_step, start_accelerator
-    from helpers.training.optim import build_lr_scheduler, build_optimizer
+    from helpers.training.optim import build_optimizer
     from helpers.training.progress import peak_memory_gb
+    from helpers.training.schedules import LearningRateSchedule, RunPlan
 
     AcceleratorState._reset_state(True)
     accelerator = start_accelerator(mixed_precision, device, train_text_encoder)
@@ -125,7 +128,9 @@ def bench_steps(bundle, *, resolution: int, batch_size: int, steps: int, warmup:
                    vae_dtype=torch.float32, gradient_checkpointing=gradient_checkpointing, attention="sdpa")
     optimizer = build_optimizer(trained.parameter_groups(), optimizer_name, weight_decay=0.01, betas=(0.9, 0.999),
                                 eps=1e-8)
-    scheduler = build_lr_scheduler(optimizer, "constant", 0, steps + warmup)
+    plan = RunPlan(epochs=[1], steps_per_epoch=[steps + warmup],
+                   learning_rates=[{g["name"]: g["lr"] for g in optimizer.param_groups}])
+    scheduler = LearningRateSchedule(optimizer, plan, "constant", warmup_steps=0, total_steps=steps + warmup)
     names = list(trained.modules)
     *wrapped, optimizer = accelerator.prepare(*trained.modules.values(), optimizer)
     modules = dict(zip(names, wrapped, strict=True))
@@ -134,21 +139,28 @@ def bench_steps(bundle, *, resolution: int, batch_size: int, steps: int, warmup:
                     text_encoders=[modules.get(f"te{i + 1}", te) for i, te in enumerate(bundle.text_encoders)],
                     unet_dtype=bundle.unet.dtype, alphas_cumprod=bundle.noise_scheduler.alphas_cumprod.to(dev),
                     objective=ObjectiveConfig(), prediction=bundle.prediction, train_text=len(names) > 1)
+    average = None if ema == "off" else ExponentialMovingAverage(
+        trained.modules, decay=0.9999, device="cpu" if ema == "cpu" else dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    times, losses = [], []
+    times, ema_times, losses = [], [], []
     for i in range(warmup + steps):
         batch = synthetic_batch(batch_size, resolution, pixels, i)
         sync()
         t0 = time.perf_counter()
         losses.append(run_optimizer_step([batch], accelerator, wrapped, optimizer, scheduler, 1.0, settings))
         sync()
+        t1 = time.perf_counter()
+        if average is not None:  # the loop updates the EMA right after the optimizer step
+            average.update(i + 1)
+            sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            ema_times.append(time.perf_counter() - t1)
     s_per_step = sorted(times)[len(times) // 2]  # median: robust to a stray slow step
     return {"resolution": resolution, "batch_size": batch_size, "steps_timed": steps,
             "s_per_step": round(s_per_step, 4), "images_per_s": round(batch_size / s_per_step, 3),
             "peak_memory_gb": round(peak_memory_gb(dev), 2), "last_loss": round(losses[-1], 4),
-            "trained": names}
+            "trained": names, "ema": ema, "ema_update_s": round(sorted(ema_times)[len(ema_times) // 2], 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,11 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"],
                         help="default: bf16 on CUDA, no on CPU")
-    parser.add_argument("--optimizer", default=None, choices=["AdamW", "AdamW8bit", "Adafactor"],
+    parser.add_argument("--optimizer", default=None, choices=["AdamW", "AdamW8bit", "Lion8bit", "Adafactor"],
                         help="default: AdamW8bit on CUDA (the guide's), AdamW on CPU (bitsandbytes' CPU path is slow)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--train-text-encoder", action="store_true")
     parser.add_argument("--pixels", action="store_true", help="encode pixels with the VAE every step (no cache)")
+    parser.add_argument("--ema", default="off", choices=["off", "auto", "cpu"],
+                        help="update an EMA of the trained weights after each step: beside them, or on the CPU")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's dense bf16 peak")
     parser.add_argument("--count-flops-only", action="store_true")
     args = parser.parse_args(argv)
@@ -193,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         run = bench_steps(bundle, resolution=resolution, batch_size=args.batch_size, steps=steps,
                           warmup=args.warmup, mixed_precision=mixed, optimizer_name=args.optimizer,
                           gradient_checkpointing=args.gradient_checkpointing,
-                          train_text_encoder=args.train_text_encoder, pixels=args.pixels, device=device)
+                          train_text_encoder=args.train_text_encoder, pixels=args.pixels, device=device,
+                          ema=args.ema)
         config = dict(bundle.unet.config)
         flops = count_unet_train_flops(config, resolution, pooled_dim=bundle.text_encoders[1].config.projection_dim)
         run["unet_train_gflop_per_image"] = round(flops / 1e9, 2)

@@ -218,6 +218,9 @@ def to_dict(cfg: Any, *, only_changed: bool = False, include_secrets: bool = Fal
             if sub or not only_changed:
                 out[f.name] = sub
             continue
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):  # an array of tables
+            out[f.name] = [to_dict(v, only_changed=only_changed, include_secrets=include_secrets) for v in value]
+            continue
         if only_changed and value == getattr(defaults, f.name):
             continue
         if value is None:
@@ -333,12 +336,20 @@ def _toml_value(value: Any) -> str:
 
 
 def dumps_toml(data: dict[str, Any], _prefix: str = "") -> str:
-    """A small TOML writer for config data (scalars, lists, nested tables)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    """A small TOML writer for config data (scalars, lists, nested tables, arrays of tables)."""
+    def is_tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and not is_tables(v)]
     for key, value in data.items():
         if isinstance(value, dict):
             name = f"{_prefix}{key}"
             lines += ["", f"[{name}]", dumps_toml(value, name + ".").rstrip("\n")]
+    for key, value in data.items():
+        if is_tables(value):  # [[key]] blocks, after the plain tables
+            name = f"{_prefix}{key}"
+            for item in value:
+                lines += ["", f"[[{name}]]", dumps_toml(item, name + ".").rstrip("\n")]
     return "\n".join(line for line in lines) + "\n"
 
 

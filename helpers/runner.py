@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class JobStatus:
     last_checkpoint: str | None = None
     error: str | None = None
     pid: int | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. a resume with edited learning rates
 
     @property
     def done(self) -> bool:
@@ -130,7 +131,7 @@ def job_status(run: RunPaths) -> JobStatus:
                           " (out of memory kills are the usual cause); resume it to continue from the last state"
     return JobStatus(state=state, alive=alive, step=int(status.get("step") or 0),
                      total_steps=int(status.get("total_steps") or 0), epoch=int(status.get("epoch") or 0),
-                     pid=pid, **fields)
+                     pid=pid, warnings=list(status.get("warnings") or []), **fields)
 
 
 def stop_job(run: RunPaths, timeout: float = 60.0) -> JobStatus:

@@ -108,3 +108,25 @@ def _config_classes():
         except (ImportError, AttributeError):
             continue
     return list(dict.fromkeys(found))
+
+
+def test_stage_tables_are_edited_one_inline_table_per_line():
+    from helpers.config import build_config
+    from helpers.training.config import TrainConfig
+
+    cfg = build_config(TrainConfig, overrides={
+        "model": {"base_model": "m"}, "data": {"dataset": "d"}, "optimizer": {"train_text_encoder": True},
+        "epochs": 16, "stages": [{"epochs": 10, "resolution": 768},
+                                 {"epochs": 6, "resolution": 1024, "learning_rate_te1": 1e-7}]})
+    form = config_form(cfg)
+    row = form.rows["stages"]
+    assert row.input.value.splitlines() == ["{epochs = 10, resolution = 768}",
+                                            "{epochs = 6, resolution = 1024, learning_rate_te1 = 1e-07}"]
+    assert form.value.stages == cfg.stages
+    row.input.value = "{epochs = 16, resolution = 512}"
+    assert [(s.epochs, s.resolution) for s in form.value.stages] == [(16, 512)]
+    row.input.value = "{epochs = 16, resolutoin = 512}"
+    assert "stages[0].resolutoin" in form.problems()
+    with pytest.raises(ConfigError):
+        _ = form.value
+    assert "resolutoin" in row.message.value  # shown next to the stages field

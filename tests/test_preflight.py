@@ -43,3 +43,14 @@ def test_estimate_for_a_workspace_config(demo_workspace):
     est = estimate_config(cfg, ws, gpu_name="NVIDIA A100-SXM4-80GB", vram_gb=80.0, price_per_hour=1.0)
     assert est.total_images == 12 * cfg.epochs  # 12 demo images, 1 repeat
     assert est.fits and est.cost is not None and "VRAM" in est.summary()
+
+
+def test_new_optimizers_and_ema_change_the_memory_estimate():
+    parts = {name: estimate_run(**{**GUIDE, "optimizer": name}, gradient_checkpointing=True).vram_parts["optimizer"]
+             for name in ("AdamW", "Lion", "Lion8bit", "Prodigy")}
+    assert parts["Lion"] == pytest.approx(parts["AdamW"] / 2, rel=0.05)  # one moment instead of two
+    assert parts["Lion8bit"] < parts["Lion"] / 3 and parts["Prodigy"] == pytest.approx(2 * parts["AdamW"], rel=0.05)
+    plain = estimate_run(**GUIDE, gradient_checkpointing=True)
+    ema = estimate_run(**GUIDE, gradient_checkpointing=True, ema_on_gpu=True, vram_gb=47.5)
+    assert ema.vram_gb - plain.vram_gb == pytest.approx(ema.vram_parts["ema"]) and ema.vram_parts["ema"] > 10
+    assert not ema.fits and "ema.device = 'cpu'" in ema.notes[0]  # the guide: EMA needs the A100

@@ -7,11 +7,14 @@ crop, flip with no-flip tags, colour jitter, persistent loader workers, every ca
 fixed and important tags, shuffle, tag / implication / short-caption / caption dropout, dropout every N
 epochs, tag and caption mixing from .captions.json, wildcards, prefix/suffix, 150-token prompts),
 text-encoder training, gradient accumulation with a short last chunk per epoch, a warm-up + cosine
-schedule, min-SNR, noise offset.
+schedule, min-SNR, noise offset, pyramid noise, input perturbation, EMA (both files saved), and two stages
+(resolution and text-encoder LR change at epoch 1; the first kill lands in the second stage, so the resume
+crosses the boundary).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,7 +64,11 @@ def make_run(tmp_path: Path, name: str, model_dir: Path, dataset: Path) -> Path:
                      "mix_caption": 0.3, "mix_both": 0.2, "max_token_length": 150},
         "optimizer": {"learning_rate": 1e-3, "train_text_encoder": True, "gradient_accumulation_steps": 2,
                       "lr_scheduler": "cosine", "lr_warmup_steps": 2},
-        "objective": {"min_snr_gamma": 5.0, "noise_offset": 0.05},
+        "objective": {"min_snr_gamma": 5.0, "noise_offset": 0.05, "multires_noise_iterations": 3,
+                      "ip_noise_gamma": 0.05, "ip_noise_gamma_random_strength": True},
+        "ema": {"enabled": True, "decay": 0.9, "save_trained_too": True},
+        # two stages: the second at another resolution with a lower text-encoder LR (hyperfusion's shape)
+        "stages": [{"epochs": 1}, {"epochs": 2, "resolution": 96, "learning_rate_te1": 5e-4}],
         "saving": {"save_every_n_epochs": 0, "state_every_n_steps": 2, "state_every_n_minutes": 0.0,
                    "save_precision": "fp32", "keep_last_states": 2},
         "epochs": 3, "batch_size": 1, "seed": 3, "device": "cpu"})
@@ -93,10 +100,10 @@ def kill_after_step(proc: subprocess.Popen, log: Path, step: int, timeout: float
     pytest.fail("trainer too slow")
 
 
-def final_weights(run: Path) -> dict[str, torch.Tensor]:
+def final_weights(run: Path, suffix: str = "") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(run / "checkpoints" / f"{run.name}.safetensors"))
+    return load_file(str(run / "checkpoints" / f"{run.name}{suffix}.safetensors"))
 
 
 def test_kill_9_and_resume_latest_reproduces_losses_and_weights(tiny_sdxl_dir, tmp_path):
@@ -132,9 +139,11 @@ def test_kill_9_and_resume_latest_reproduces_losses_and_weights(tiny_sdxl_dir, t
     assert res_losses == ref_losses  # exact floats, step by step
     resumes = [r for r in read_log(killed / "log.jsonl") if r.get("event") == "resume"]
     assert len(resumes) == 2 and all(r["step"] % 2 == 0 for r in resumes)  # states are at even steps
-    ref_w, res_w = final_weights(reference), final_weights(killed)
-    assert ref_w.keys() == res_w.keys()
-    assert all(torch.equal(ref_w[k], res_w[k]) for k in ref_w)  # bit-identical, every tensor
+    for suffix in ("", "-noema"):  # the EMA model and the trained weights beside it
+        ref_w, res_w = final_weights(reference, suffix), final_weights(killed, suffix)
+        assert ref_w.keys() == res_w.keys()
+        assert all(torch.equal(ref_w[k], res_w[k]) for k in ref_w)  # bit-identical, every tensor
+    assert not all(torch.equal(final_weights(killed)[k], v) for k, v in final_weights(killed, "-noema").items())
     assert not list((killed / "state").glob(".tmp-*"))  # no half-written state left behind
 
 
@@ -148,16 +157,25 @@ def test_resume_with_changed_config_says_so(tiny_sd15_dir, tmp_path, capsys):
     AcceleratorState._reset_state(True)
     run = make_run(tmp_path, "r", tiny_sd15_dir, make_dataset(tmp_path / "ds", n=2))
     cfg = load_config(TrainConfig, run / "config.toml")
-    cfg.epochs = 1
+    cfg.epochs, cfg.stages = 1, []
     train(cfg, run, show_progress=False)
     with pytest.raises(TrainingError, match="already holds training state"):
         train(cfg, run, show_progress=False)  # a fresh start never mixes with an earlier run's state
     cfg.optimizer.learning_rate = 2e-3
     cfg.data.num_workers = 1  # does not change the computation: not reported
+    cfg.optimizer.lr_scheduler, cfg.optimizer.lr_warmup_steps = "constant", 0
+    cfg.epochs = 2  # one more epoch, trained at the edited LR
     train(cfg, run, resume="latest", show_progress=False)
     err = capsys.readouterr().err
     assert "will not match an uninterrupted one" in err and "optimizer.learning_rate" in err
     assert "num_workers" not in err
+    # the edited LR wins, and says so: an event with the numbers and a warning the notebook monitor shows
+    changed = [r for r in read_log(run / "log.jsonl") if r.get("event") == "learning_rate_changed"]
+    assert changed and changed[0]["groups"]["unet"] == [1e-3, 2e-3]
+    status = json.loads((run / "status.json").read_text())
+    assert any("unet 0.001 -> 0.002" in w for w in status["warnings"])
+    resumed = [r for r in read_log(run / "log.jsonl") if "event" not in r and r["step"] > changed[0]["step"]]
+    assert [r["step"] for r in resumed] == [3, 4] and all(r["lrs"]["unet"] == pytest.approx(2e-3) for r in resumed)
     with pytest.raises(TrainingError, match="no training state"):
         train(cfg, tmp_path / "runs" / "empty", resume="latest", show_progress=False)
 

@@ -86,8 +86,8 @@ class CaptionConfig:
     mix_both: float = option(0.0, min=0.0, max=1.0, help="... on both, in random order (hyperfusion: 0.1); the "
                              "three chances add up to 1", group="tags and captions")
 
-    def check(self) -> dict[str, str]:
-        """Problems a form shows next to the field, before any model is loaded."""
+    def problems(self) -> dict[str, str]:
+        """Field problems of this section (keys without the prefix), found before any model is loaded."""
         problems: dict[str, str] = {}
         token_problem = token_limit_problem(self.max_token_length)
         if token_problem:

@@ -3,7 +3,7 @@
 - Model checkpoints (``checkpoints/<run>-e0003.safetensors``, ``-s00001200``, final ``<run>.safetensors``):
   single-file safetensors in the original layout (written by ``helpers.models.save_single_file``), every N
   epochs and/or steps, keeping the last K.
-- Training state (``state/step-00001200/``): trained weights, optimizer, LR schedule, grad scaler, every RNG,
+- Training state (``state/step-00001200/``): trained weights, optimizer, LR schedule, grad scaler, EMA, every RNG,
   the data position (epoch, batches done in it) and the config it ran with; every N steps and every N
   minutes. A state is built in a temporary folder and renamed into place (a directory rename is atomic),
   ``trainer.json`` written last, so a kill at any moment leaves either the previous state or the new one,
@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -74,22 +75,32 @@ def state_save_due(step: int, last_state_time: float, *, every_n_steps: int, eve
 
 
 def prune_checkpoints(folder: Path, run_name: str, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` periodic model files; returns the deleted paths."""
+    """Delete all but the newest ``keep_last`` periodic model files (an EMA file and its ``-noema`` twin count
+    as one); returns the deleted paths. Final files (``<run>.safetensors``, ``<run>-noema.safetensors``) stay."""
     if keep_last <= 0:
         return []
-    periodic = sorted((p for p in folder.glob(f"{run_name}-*.safetensors")), key=lambda p: p.stat().st_mtime_ns)
-    gone = periodic[:-keep_last]
+    periodic = re.compile(rf"^{re.escape(run_name)}-([es]\d+)(-noema)?\.safetensors$")
+    saves: dict[str, list[Path]] = {}
+    for path in folder.glob(f"{run_name}-*.safetensors"):
+        match = periodic.match(path.name)
+        if match:
+            saves.setdefault(match.group(1), []).append(path)
+    newest_first = sorted(saves.values(), key=lambda paths: max(p.stat().st_mtime_ns for p in paths), reverse=True)
+    gone = [path for paths in newest_first[keep_last:] for path in paths]
     for path in gone:
         path.unlink(missing_ok=True)
     return gone
 
 
-def checkpoint_name(run_name: str, *, epoch: int | None = None, step: int | None = None) -> str:
+def checkpoint_name(run_name: str, *, epoch: int | None = None, step: int | None = None, noema: bool = False) -> str:
+    """``<run>-e0003``, ``<run>-s00001200`` or final ``<run>``; ``noema`` names the raw-weights twin of an EMA
+    file (``-noema`` suffix)."""
+    suffix = "-noema.safetensors" if noema else ".safetensors"
     if epoch is not None:
-        return f"{run_name}-e{epoch:04d}.safetensors"
+        return f"{run_name}-e{epoch:04d}{suffix}"
     if step is not None:
-        return f"{run_name}-s{step:08d}.safetensors"
-    return f"{run_name}.safetensors"
+        return f"{run_name}-s{step:08d}{suffix}"
+    return f"{run_name}{suffix}"
 
 
 # ---------------------------------------------------------------- training state
@@ -143,28 +154,34 @@ def _check_space(folder: Path, needed: int, what: str) -> None:
 
 
 def save_training_state(folder: Path, step: int, *, weights: dict[str, torch.Tensor], optimizer_state: dict,
-                        trainer: dict, keep_last: int = 1) -> Path:
+                        trainer: dict, keep_last: int = 1, ema_weights: dict[str, torch.Tensor] | None = None
+                        ) -> Path:
     """Write ``folder/step-NNNNNNNN`` atomically and prune older states; returns the new state folder.
 
     ``trainer`` holds the scheduler/scaler state dicts, RNG states, counters (epoch, batch_in_epoch, step) and
     ``config`` (the run's config as plain data), split into ``trainer.pt`` (tensors) and ``trainer.json``.
+    ``ema_weights`` (the EMA shadows, when EMA is on) go to ``ema.safetensors``.
     """
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{STATE_PREFIX}{step:08d}"
     tmp = folder / f".tmp-{STATE_PREFIX}{step:08d}-{os.getpid()}"
-    needed = _bytes_of(weights) + _optimizer_bytes(optimizer_state)
+    needed = _bytes_of(weights) + _optimizer_bytes(optimizer_state) + _bytes_of(ema_weights or {})
     _check_space(folder, needed, f"training state at step {step}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
+        files = ["weights.safetensors", "optimizer.pt", "trainer.pt"]
+        if ema_weights is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in ema_weights.items()}, str(tmp / "ema.safetensors"))
+            files.append("ema.safetensors")
         summary = {k: v for k, v in trainer.items() if isinstance(v, (int, float, str, bool, dict, list))
                    and k not in ("scheduler", "scaler", "rng")}
         torch.save({k: trainer.get(k) for k in ("scheduler", "scaler", "rng")}, tmp / "trainer.pt")
-        for name in ("weights.safetensors", "optimizer.pt", "trainer.pt"):
+        for name in files:
             with open(tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
         (tmp / "trainer.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
@@ -200,7 +217,8 @@ def find_latest_state(folder: Path) -> Path | None:
 
 
 def load_training_state(path: Path) -> dict:
-    """``{"weights", "optimizer", "scheduler", "scaler", "rng", ...counters, "config"}`` from a state folder."""
+    """``{"weights", "optimizer", "scheduler", "scaler", "rng", ...counters, "config"}`` (and ``"ema"`` when the run
+    keeps one) from a state folder."""
     from safetensors.torch import load_file
 
     if not (path / "trainer.json").exists():
@@ -210,6 +228,8 @@ def load_training_state(path: Path) -> dict:
     # weights_only: a state folder from elsewhere cannot run code when loaded
     out["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
     out.update(torch.load(path / "trainer.pt", weights_only=True))
+    if (path / "ema.safetensors").exists():
+        out["ema"] = load_file(str(path / "ema.safetensors"))
     return out
 
 

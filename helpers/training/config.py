@@ -1,8 +1,10 @@
 """``TrainConfig``: one training run's settings, composed of the parts each module owns.
 
 ``DataConfig`` lives beside the data code, ``CaptionConfig`` beside the per-step captions, ``OptimizerConfig``
-beside the optimizers, ``SaveConfig`` beside the checkpoint code; this module adds the base model, the objective and precision sections and the run-level
-numbers (epochs, batch size, seed), and the cross-field checks a form shows before anything runs.
+beside the optimizers, ``SaveConfig`` beside the checkpoint code, ``EmaConfig``, ``LoggingConfig`` and
+``StageConfig`` beside theirs; this module adds the base model, the objective and precision sections and the
+run-level numbers (epochs, batch size, seed), and the cross-field checks a form shows before anything runs
+(none of them loads a model).
 A run folder keeps its ``config.toml``; templates in ``templates/`` hold only what differs from here.
 """
 
@@ -15,7 +17,10 @@ from helpers.config import option
 from helpers.training.captions import CaptionConfig
 from helpers.training.checkpoints import SaveConfig
 from helpers.training.data import DataConfig
+from helpers.training.ema import EmaConfig
 from helpers.training.optim import OptimizerConfig
+from helpers.training.schedules import StageConfig, stage_problems
+from helpers.training.trackers import LoggingConfig
 
 MOVED_TO_CAPTIONS = ("shuffle_caption", "keep_tokens", "caption_separator", "tag_dropout", "caption_dropout")
 
@@ -39,9 +44,59 @@ class ObjectiveConfig:
 
     min_snr_gamma: float = option(0.0, min=0.0, max=100.0, help="min-SNR-γ loss weighting (5 in the paper and "
                                   "the guide; 0 = off)")
-    noise_offset: float = option(0.0, min=0.0, max=1.0, help="offset noise strength (0 = off)", group="advanced")
+    soft_min_snr: bool = option(False, help="the smooth variant of min-SNR-γ (hyperfusion)", group="advanced")
+    debiased_estimation: bool = option(False, help="weight the loss by 1/√SNR (ε) or 1/(SNR + 1) (v)",
+                                       group="advanced")
+    zero_terminal_snr: bool = option(False, help="rescale the noise schedule so the last step is pure noise "
+                                     "(Lin et al. 2023; needs a v-prediction model)")
+    noise_offset: float = option(0.0, min=0.0, max=1.0, help="offset noise strength (0 = off; Kohaku: 0.0357)",
+                                 group="advanced")
+    noise_offset_random_strength: bool = option(False, help="offset strength drawn from U(0, noise_offset) "
+                                                "each step", group="advanced")
+    adaptive_noise_scale: float = option(0.0, min=0.0, max=1.0, help="add this × |latent mean| to the offset "
+                                         "strength (needs noise_offset)", group="advanced")
+    multires_noise_iterations: int = option(0, min=0, max=20, help="pyramid noise levels (6–10; the XL 5M "
+                                            "style model: 8; 0 = off)", group="advanced")
+    multires_noise_discount: float = option(0.3, min=0.0, max=1.0, help="weight of each coarser pyramid "
+                                            "level (XL 5M style: 0.4)", group="advanced")
+    ip_noise_gamma: float = option(0.0, min=0.0, max=1.0, help="input perturbation: extra noise in the "
+                                   "input, not the target (~0.1; hyperfusion: 0.02)", group="advanced")
+    ip_noise_gamma_random_strength: bool = option(False, help="input perturbation strength from U(0, γ) "
+                                                  "each step", group="advanced")
     min_timestep: int = option(0, min=0, max=999, help="smallest timestep trained", group="advanced")
     max_timestep: int = option(1000, min=1, max=1000, help="timesteps below this are trained", group="advanced")
+    timestep_sampling: Literal["uniform", "logit_normal"] = option(
+        "uniform", help="how timesteps are drawn in the range: uniform (SD's own training) or logit-normal "
+        "(favours the middle)", group="advanced")
+    logit_mean: float = option(0.0, min=-10.0, max=10.0, help="logit-normal mean (< 0: less noise)",
+                               group="advanced")
+    logit_std: float = option(1.0, min=0.01, max=10.0, help="logit-normal standard deviation", group="advanced")
+    loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = option(
+        "l2", help="l2 (MSE, standard); huber / smooth_l1 are robust to outlier images", group="advanced")
+    huber_schedule: Literal["snr", "exponential", "constant"] = option(
+        "snr", help="how the Huber threshold changes with the timestep", group="advanced")
+    huber_c: float = option(0.1, min=1e-6, max=100.0, help="Huber threshold", group="advanced")
+    huber_scale: float = option(1.0, min=1e-6, max=100.0, help="Huber threshold scale (exponential and "
+                                "constant schedules)", group="advanced")
+
+    def problems(self, prediction: str) -> dict[str, str]:
+        """Field problems of this section (keys without the prefix); ``prediction`` is the model's setting."""
+        out: dict[str, str] = {}
+        if self.min_timestep >= self.max_timestep:
+            out["min_timestep"] = "must be below max_timestep"
+        if self.adaptive_noise_scale and not self.noise_offset:
+            out["adaptive_noise_scale"] = "scales the offset noise: set noise_offset too"
+        if self.noise_offset_random_strength and not self.noise_offset:
+            out["noise_offset_random_strength"] = "draws the offset noise strength: set noise_offset too"
+        if self.ip_noise_gamma_random_strength and not self.ip_noise_gamma:
+            out["ip_noise_gamma_random_strength"] = "draws the input perturbation strength: set ip_noise_gamma too"
+        if self.soft_min_snr and not self.min_snr_gamma:
+            out["soft_min_snr"] = "is the soft form of min-SNR-γ: set min_snr_gamma (e.g. 5) too"
+        if self.zero_terminal_snr and prediction == "epsilon":
+            out["zero_terminal_snr"] = ("an epsilon model cannot learn the pure-noise step (its target equals "
+                                        "its input there): set model.prediction = 'v_prediction' to train the "
+                                        "model as v-prediction, or turn this off")
+        return out
 
 
 @dataclass
@@ -73,6 +128,11 @@ class TrainConfig:
     objective: ObjectiveConfig = option(factory=ObjectiveConfig, help="loss")
     precision: PrecisionConfig = option(factory=PrecisionConfig, help="precision and memory")
     saving: SaveConfig = option(factory=SaveConfig, help="checkpoints and training state")
+    ema: EmaConfig = option(factory=EmaConfig, help="exponential moving average of the weights")
+    logging: LoggingConfig = option(factory=LoggingConfig, help="TensorBoard and Weights & Biases")
+    stages: list[StageConfig] = option(factory=list, help="multi-stage run: [[stages]] tables with epochs and "
+                                       "what changes (resolution, learning rates); empty = one stage",
+                                       group="advanced")
     epochs: int = option(10, min=1, max=100_000, help="passes over the dataset (with repeats)")
     max_steps: int = option(0, min=0, max=10_000_000, help="stop after this many optimizer steps (0 = epochs "
                             "decide)", group="advanced")
@@ -92,7 +152,7 @@ class TrainConfig:
 
     def check(self) -> dict[str, str]:
         """Problems between fields that would waste GPU time or produce NaNs."""
-        problems: dict[str, str] = {f"captions.{k}": v for k, v in self.captions.check().items()}
+        problems: dict[str, str] = {}
         d, p, o = self.data, self.precision, self.optimizer
         if not self.model.base_model:
             problems["model.base_model"] = "choose a base model (file, diffusers folder, Hub id or workspace name)"
@@ -117,8 +177,11 @@ class TrainConfig:
                                                    "use fp32 (or bf16)")
         if p.full_half_precision and p.mixed_precision == "no":
             problems["precision.full_half_precision"] = "needs mixed_precision fp16 or bf16"
-        if o.lr_scheduler == "constant" and o.lr_warmup_steps:
-            problems["optimizer.lr_warmup_steps"] = "the constant schedule has no warm-up: use constant_with_warmup"
-        if self.objective.min_timestep >= self.objective.max_timestep:
-            problems["objective.min_timestep"] = "must be below max_timestep"
+        for section, found in (("optimizer", o.problems()), ("captions", self.captions.problems()),
+                               ("objective", self.objective.problems(self.model.prediction))):
+            problems.update({f"{section}.{key}": message for key, message in found.items()})
+        trained = {"unet"} | ({f"te{i}" for i, lr in ((1, o.learning_rate_te1), (2, o.learning_rate_te2))
+                               if lr != 0} if o.train_text_encoder else set())
+        problems.update(stage_problems(self.stages, epochs=self.epochs, bucket_step=d.bucket_step,
+                                       trained_groups=trained))
         return problems

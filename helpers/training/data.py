@@ -2,9 +2,9 @@
 
 Reads the dataset through ``helpers.dataset.files`` (the layout the dataset check uses too: kohya ``N_name``
 folders = N repeats, captions, bad files reported) and places images in ``helpers.dataset.buckets``' aspect
-ratio buckets; owns resize/crop/flip/colour jitter, the per-epoch batch plan and the latent cache (memory or
-disk, keyed by image content, bucket, crop, flip and VAE). The per-step caption edits live in
-``training.captions``.
+ratio buckets; owns resize/crop/flip/colour jitter, the per-epoch batch plan, loss masks (``training.masks``)
+and the latent cache (memory or disk, keyed by image content, bucket, crop, flip and VAE). The per-step
+caption edits live in ``training.captions``.
 
 Every random choice (batch order, crop, flip, caption edits) comes from a generator seeded by
 (seed, epoch, position), never from global state, so an epoch is a pure function of its number: a resumed run
@@ -32,6 +32,7 @@ from helpers.dataset.files import IMAGE_EXTENSIONS, dataset_entries, read_image_
 from helpers.training.augment import ColorJitter, apply_color_jitter, draw_color_jitter
 from helpers.training.captions import CaptionConfig, CaptionPipeline, build_caption_pipeline, no_flip_images
 from helpers.training.implications import ImplicationError
+from helpers.training.masks import find_mask_files, load_mask, mask_folder_path
 
 
 @dataclass
@@ -72,6 +73,11 @@ class DataConfig:
     persistent_workers: bool = option(False, help="keep the loader processes from epoch to epoch instead of "
                                       "starting them again each epoch (kohya persistent_data_loader_workers)",
                                       group="advanced")
+    masks: Literal["off", "alpha", "folder"] = option(
+        "off", help="masked loss: train only where the mask is white: the image's alpha channel, or a mask "
+        "image per training image in mask_folder", group="advanced")
+    mask_folder: str = option("_masks", help="mask images, same relative path and name as each training "
+                              "image (relative to the dataset folder)", group="advanced")
 
 
 class DataError(ValueError):
@@ -281,12 +287,13 @@ class TrainingImages(torch.utils.data.Dataset):
     def __init__(self, items: list[ImageItem], placement: list[tuple[tuple[int, int], tuple[int, int]]], *,
                  seed: int, random_crop: bool, flip: bool, captions: CaptionPipeline,
                  no_flip: list[bool] | None = None, color_jitter: float = 0.0, hue_jitter: float = 0.0,
-                 latents: LatentStore | None = None):
+                 latents: LatentStore | None = None, masks: list[Path] | None = None, alpha_masks: bool = False):
         self.items, self.placement, self.seed = items, placement, seed
         self.random_crop, self.flip, self.captions = random_crop, flip, captions
         self.no_flip = no_flip or [False] * len(items)
         self.color_jitter, self.hue_jitter = color_jitter, hue_jitter
         self.latents = latents
+        self.masks, self.alpha_masks = masks, alpha_masks  # mask file per item (training.masks), or None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -310,6 +317,8 @@ class TrainingImages(torch.utils.data.Dataset):
                "crop_top_left": (top, resized[0] - left - bucket[0] if flip else left),
                "target_size": (bucket[1], bucket[0]),
                "seed": seed_for(self.seed, sample.epoch, sample.position, 1)}
+        if self.masks is not None:
+            out["mask"] = load_mask(self.masks[sample.item], resized, bucket, left, top, flip, self.alpha_masks)
         if self.latents is not None:
             out["latents"] = self.latents.get(latent_key(self.latents.digests[sample.item], bucket, left, top, flip))
         else:
@@ -330,6 +339,8 @@ def collate_samples(samples: list[dict]) -> dict:
              "seeds": [s["seed"] for s in samples]}
     key = "latents" if "latents" in samples[0] else "pixels"
     batch[key] = torch.stack([s[key] for s in samples])
+    if "mask" in samples[0]:
+        batch["masks"] = torch.stack([s["mask"] for s in samples])
     return batch
 
 
@@ -454,6 +465,18 @@ class EpochBatches:
         return len(self.batches)
 
 
+def find_masks(items: list[ImageItem], root: Path, source: str, folder: str) -> list[Path] | None:
+    """The mask file of every item (``training.masks``), None when masks are off; a missing one stops the run."""
+    if source == "off":
+        return None
+    found, missing = find_mask_files([i.path for i in items], Path(root), source, folder)
+    if missing:
+        raise DataError(f"{len(missing)} image(s) have no mask in {mask_folder_path(Path(root), folder)} (same "
+                        f"relative path and name, e.g. {', '.join(str(p) for p in missing[:3])}): add them, or set "
+                        "data.masks = 'off'")
+    return found
+
+
 def build_training_data(cfg: DataConfig, root: Path, *, batch_size: int, seed: int, world_size: int = 1,
                         rank: int = 0, cache_folder: Path | None = None,
                         encode: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
@@ -477,7 +500,8 @@ def build_training_data(cfg: DataConfig, root: Path, *, batch_size: int, seed: i
     no_flip = no_flip_images(pipeline.sources, cfg.no_flip_tags, captions.caption_separator)
     dataset = TrainingImages(items, placement, seed=seed, random_crop=cfg.random_crop, flip=cfg.flip,
                              captions=pipeline, no_flip=no_flip, color_jitter=cfg.color_jitter,
-                             hue_jitter=cfg.hue_jitter)
+                             hue_jitter=cfg.hue_jitter, masks=find_masks(items, root, cfg.masks, cfg.mask_folder),
+                             alpha_masks=cfg.masks == "alpha")
     if cfg.cache_latents != "off":
         if encode is None:
             raise ValueError("cache_latents needs an encode function")

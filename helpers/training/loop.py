@@ -7,6 +7,7 @@ Everything else sits behind named calls: data (``training.data``), the loss (``t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -30,8 +31,11 @@ from helpers.training.components import (
 )
 from helpers.training.config import TrainConfig
 from helpers.training.data import build_training_data, seed_for
-from helpers.training.optim import build_lr_scheduler, build_optimizer
+from helpers.training.ema import ExponentialMovingAverage
+from helpers.training.optim import build_optimizer, effective_learning_rates
 from helpers.training.progress import RunMonitor, peak_memory_gb
+from helpers.training.schedules import LearningRateSchedule, RunPlan, StageConfig, stage_learning_rates
+from helpers.training.trackers import open_trackers
 
 
 class TrainingError(RuntimeError):
@@ -52,6 +56,11 @@ def train(cfg: TrainConfig, run_root: Path, *, resume: str | None = None, models
     """Train ``cfg`` into ``run_root``; ``resume`` = "latest" or a state folder. Returns a summary."""
     accelerator = start_accelerator(cfg.precision.mixed_precision, cfg.device, cfg.optimizer.train_text_encoder)
     monitor = RunMonitor(run_root, enabled=accelerator.is_main_process, show_bar=show_progress)
+    if accelerator.is_main_process:
+        monitor.trackers, warnings = open_trackers(cfg.logging.tensorboard, cfg.logging.wandb,
+                                                   cfg.logging.wandb_project, Path(run_root), to_dict(cfg))
+        for message in warnings:
+            monitor.event("warning", message=message)
     try:
         return run_training(cfg, Path(run_root), accelerator, monitor, resume, models_dir, cache_dir)
     except BaseException as exc:
@@ -76,7 +85,8 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                              allow_pickle=cfg.model.allow_pickle)
     check_model_settings(bundle.arch, p.vae_precision)
     family = model_family(bundle.arch, max_tokens=cfg.captions.max_token_length, clip_skip=cfg.captions.clip_skip)
-    alphas_cumprod = bundle.noise_scheduler.alphas_cumprod.to(device)
+    alphas_cumprod = noise_schedule(bundle.noise_scheduler.alphas_cumprod, cfg.objective.zero_terminal_snr,
+                                    bundle.prediction, monitor).to(device)
     # 2. Choose what trains (text encoders with LR 0 stay frozen) and place every model
     trained = choose_trained_models(bundle, unet_lr=o.learning_rate, train_text_encoder=o.train_text_encoder,
                                     te_lrs=[o.learning_rate_te1, o.learning_rate_te2])
@@ -84,29 +94,29 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     prepare_models(bundle, trained, device=device, weight_dtype=weight_dtype, frozen_dtype=DTYPES[p.mixed_precision],
                    vae_dtype=DTYPES[p.vae_precision], gradient_checkpointing=p.gradient_checkpointing,
                    attention=p.attention)
-    # 3. Scan the dataset (bad files reported before any GPU time is spent), fill the latent cache
+    # 3. Scan the dataset (bad files reported before any GPU time is spent), fill the latent cache; one
+    #    data set per stage resolution, and the plan of where each stage starts
     monitor.update(force=True, state="caching" if cfg.data.cache_latents != "off" else "loading")
-    data = build_training_data(cfg.data, resolve_dataset(cfg.data.dataset, models_dir),
-                               batch_size=cfg.batch_size, seed=cfg.seed, world_size=accelerator.num_processes,
-                               rank=accelerator.process_index, cache_folder=latent_cache_folder(cache_dir, bundle.vae),
-                               encode=lambda px, seed: encode_pixels(bundle.vae, px, [seed]),
-                               show_progress=monitor.show_bar, captions=cfg.captions)
-    monitor.event("data", report=data.report.to_dict(), summary=data.report.summary())
-    steps_per_epoch = math.ceil(len(data.batches(0)) / o.gradient_accumulation_steps)
-    total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or sys.maxsize)
-    # 4. Optimizer and LR schedule; accelerate adds DDP, autocast and loss scaling
-    optimizer = build_optimizer(trained.parameter_groups(), o.optimizer, weight_decay=o.weight_decay,
-                                betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon)
-    scheduler = build_lr_scheduler(optimizer, o.lr_scheduler, o.lr_warmup_steps, total_steps)
+    stage_data = build_stage_data(cfg, resolve_dataset(cfg.data.dataset, models_dir), accelerator, monitor,
+                                  cache_folder=latent_cache_folder(cache_dir, bundle.vae),
+                                  encode=lambda px, seed: encode_pixels(bundle.vae, px, [seed]))
+    plan = plan_run(cfg, stage_data, list(trained.modules))
+    total_steps = min(plan.total_steps, cfg.max_steps or sys.maxsize)
+    # 4. Optimizer, LR schedule (per stage and model), EMA; accelerate adds DDP, autocast and loss scaling
+    optimizer = build_optimizer(trained.parameter_groups(), o.optimizer, **o.optimizer_arguments())
+    scheduler = LearningRateSchedule(optimizer, plan, o.lr_scheduler, warmup_steps=o.lr_warmup_steps,
+                                     total_steps=total_steps, cycles=o.lr_cycles, power=o.lr_power,
+                                     end_ratio=o.lr_end_ratio)
     names = list(trained.modules)
     *wrapped, optimizer = accelerator.prepare(*trained.modules.values(), optimizer)
     if p.full_half_precision and p.mixed_precision == "fp16":
         allow_fp16_gradients(accelerator)
-    # 5. Resume: weights, optimizer, schedule, RNGs and data position from the newest (or given) state
+    ema = start_ema(cfg.ema, trained.modules, device)
+    # 5. Resume: weights, optimizer, schedule, EMA, RNGs and data position from the newest (or given) state
     position = Position()
     if resume:
         position = restore_training_state(resume, run_root / "state", cfg, trained, optimizer, scheduler,
-                                          accelerator, monitor)
+                                          accelerator, monitor, ema)
     monitor.event("resume" if resume else "start", step=position.step, total_steps=total_steps,
                   trained=names, device=str(device), processes=accelerator.num_processes)
     monitor.update(force=True, state="training", total_steps=total_steps, epochs=cfg.epochs, step=position.step)
@@ -120,28 +130,32 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                     prediction=bundle.prediction, train_text=len(names) > 1)
     # 6. Optimizer steps, epoch by epoch, from where the run stands
     while position.step < total_steps:
+        data = stage_data[plan.stage_of_epoch(position.epoch)]
         batches = data.batches(position.epoch)
         remaining = batches[position.batch_in_epoch:]
         for chunk in step_chunks(data.loader(remaining), o.gradient_accumulation_steps):
-            started = time.monotonic()
-            # forward + backward over the chunk's batches, then one clipped optimizer step
+            started, lrs = time.monotonic(), effective_learning_rates(optimizer)  # the LRs this step uses
+            # forward + backward over the chunk's batches, then one clipped optimizer step, then the EMA
             loss = run_optimizer_step(chunk, accelerator, wrapped, optimizer, scheduler, o.max_grad_norm, settings)
             position = Position(position.step + 1, position.epoch, position.batch_in_epoch + len(chunk))
+            if ema is not None:
+                ema.update(position.step)
             # log: loss, LR, speed, memory, time left
             elapsed = time.monotonic() - started
             step_time = elapsed if step_time is None else 0.9 * step_time + 0.1 * elapsed
             monitor.step({"step": position.step, "epoch": position.epoch + 1, "loss": loss,
-                          "lr": scheduler.get_last_lr()[0], "s_per_step": round(elapsed, 4),
+                          "lr": next(iter(lrs.values())), "lrs": lrs, "s_per_step": round(elapsed, 4),
                           "images_per_s": round(images_per_step / elapsed, 3),
                           "peak_memory_gb": round(peak_memory_gb(device), 3),
-                          "eta_s": round(step_time * (total_steps - position.step), 1)})
+                          "eta_s": round(step_time * (total_steps - position.step), 1),
+                          **({"ema_decay": ema.last_decay} if ema is not None else {})})
             # save a model file / resumable state when due
             if position.step < total_steps and ckpt.model_save_due(
                     position.step, None, every_n_epochs=0, every_n_steps=cfg.saving.save_every_n_steps):
-                save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, step=position.step)
+                save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema, step=position.step)
             if ckpt.state_save_due(position.step, last_state_time, every_n_steps=cfg.saving.state_every_n_steps,
                                    every_n_minutes=cfg.saving.state_every_n_minutes):
-                save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches)
+                save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches, ema)
                 last_state_time = time.monotonic()
             if position.step >= total_steps:
                 break
@@ -149,9 +163,9 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
             position = Position(position.step, position.epoch + 1, 0)
             if position.step < total_steps and ckpt.model_save_due(
                     position.step, position.epoch, every_n_epochs=cfg.saving.save_every_n_epochs, every_n_steps=0):
-                save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, epoch=position.epoch)
-    # 7. The final model file
-    final = save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, final=True)
+                save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema, epoch=position.epoch)
+    # 7. The final model file (the EMA weights when EMA is on)
+    final = save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema, final=True)
     monitor.event("finished", step=position.step, path=str(final))
     monitor.update(force=True, state="finished", step=position.step)
     return {"final": str(final), "steps": position.step, "run": str(run_root)}
@@ -204,7 +218,7 @@ class _nothing:
 
 def compute_loss(batch, *, family, unet, vae, tokenizers, text_encoders, unet_dtype, alphas_cumprod, objective,
                  prediction, train_text) -> torch.Tensor:
-    """Latents -> noise at random timesteps -> U-Net prediction -> (min-SNR weighted) MSE to the target."""
+    """Latents -> noise at random timesteps -> U-Net prediction -> weighted (masked) loss to the target."""
     device = alphas_cumprod.device
     if "latents" in batch:
         latents = batch["latents"].to(device)
@@ -212,10 +226,16 @@ def compute_loss(batch, *, family, unet, vae, tokenizers, text_encoders, unet_dt
         latents = encode_pixels(vae, batch["pixels"], batch["seeds"])
     if not torch.isfinite(latents).all():
         raise TrainingError(explain_nonfinite("latents", vae.dtype))
-    generator = torch.Generator(device).manual_seed(seed_for(batch["seeds"][0], 2))
-    timesteps = obj.sample_timesteps(len(latents), generator, objective.min_timestep, objective.max_timestep)
-    noise = obj.sample_noise(latents, generator, objective.noise_offset)
-    noisy = obj.add_noise(latents, noise, timesteps, alphas_cumprod)
+    o, generator = objective, torch.Generator(device).manual_seed(seed_for(batch["seeds"][0], 2))
+    timesteps = obj.sample_timesteps(len(latents), generator, o.min_timestep, o.max_timestep, o.timestep_sampling,
+                                     o.logit_mean, o.logit_std)
+    noise = obj.sample_noise(latents, generator, o.noise_offset,
+                             offset_random_strength=o.noise_offset_random_strength,
+                             adaptive_noise_scale=o.adaptive_noise_scale,
+                             multires_iterations=o.multires_noise_iterations,
+                             multires_discount=o.multires_noise_discount)
+    noisy = obj.add_noise(latents, obj.perturb_noise(noise, generator, o.ip_noise_gamma,
+                                                     o.ip_noise_gamma_random_strength), timesteps, alphas_cumprod)
     token_ids = family.tokenize_captions(tokenizers, batch["captions"])
     with torch.set_grad_enabled(train_text):
         text = family.encode_tokens(text_encoders, token_ids)
@@ -223,10 +243,12 @@ def compute_loss(batch, *, family, unet, vae, tokenizers, text_encoders, unet_dt
                                     unet_dtype)
     pred = unet(noisy.to(unet_dtype), timesteps, **cond).sample
     target = obj.compute_target(prediction, latents, noise, timesteps, alphas_cumprod)
-    weights = None
-    if objective.min_snr_gamma:
-        weights = obj.min_snr_weights(obj.compute_snr(timesteps, alphas_cumprod), objective.min_snr_gamma, prediction)
-    loss = obj.diffusion_loss(pred, target, weights)
+    weights = obj.loss_weights(obj.compute_snr(timesteps, alphas_cumprod), prediction, min_snr_gamma=o.min_snr_gamma,
+                               soft_min_snr=o.soft_min_snr, debiased=o.debiased_estimation)
+    huber_c = obj.huber_thresholds(timesteps, alphas_cumprod, o.huber_schedule, o.huber_c, o.huber_scale) \
+        if o.loss_type in ("huber", "smooth_l1") else None
+    mask = obj.latent_mask(batch["masks"].to(device), latents.shape[-2:]) if "masks" in batch else None
+    loss = obj.diffusion_loss(pred, target, weights, loss_type=o.loss_type, huber_c=huber_c, mask=mask)
     if not torch.isfinite(loss):
         raise TrainingError(explain_nonfinite("loss", vae.dtype, unet_dtype))
     return loss
@@ -268,6 +290,52 @@ def allow_fp16_gradients(accelerator) -> None:
     scaler._unscale_grads_ = functools.partial(scaler._unscale_grads_, allow_fp16=True)
 
 
+def noise_schedule(alphas_cumprod: torch.Tensor, zero_terminal_snr: bool, prediction: str, monitor) -> torch.Tensor:
+    """The model's ᾱ, rescaled to zero terminal SNR when asked (with a warning for an epsilon model)."""
+    if not zero_terminal_snr:
+        return alphas_cumprod
+    if prediction == "epsilon":
+        message = ("objective.zero_terminal_snr with an epsilon model: it cannot learn the pure-noise step; set "
+                   "model.prediction = 'v_prediction' to train it as v-prediction (Lin et al. 2023)")
+        print(f"warning: {message}", file=sys.stderr)
+        monitor.event("warning", message=message)
+    return obj.rescale_zero_terminal_snr(alphas_cumprod)
+
+
+def build_stage_data(cfg, root: Path, accelerator, monitor, *, cache_folder, encode) -> list:
+    """One ``TrainingData`` per stage (stages at the same resolution share one), each scanned and cached now."""
+    stages = cfg.stages or [StageConfig(epochs=cfg.epochs)]
+    built: dict[int, object] = {}
+    for stage in stages:
+        resolution = stage.resolution or cfg.data.resolution
+        if resolution not in built:
+            data = build_training_data(dataclasses.replace(cfg.data, resolution=resolution), root,
+                                       batch_size=cfg.batch_size, seed=cfg.seed, world_size=accelerator.num_processes,
+                                       rank=accelerator.process_index, cache_folder=cache_folder, encode=encode,
+                                       show_progress=monitor.show_bar, captions=cfg.captions)
+            monitor.event("data", resolution=resolution, report=data.report.to_dict(), summary=data.report.summary())
+            built[resolution] = data
+    return [built[stage.resolution or cfg.data.resolution] for stage in stages]
+
+
+def plan_run(cfg, stage_data: list, groups: list[str]) -> RunPlan:
+    """Each stage's epochs, optimizer steps per epoch and base learning rate per trained model."""
+    o = cfg.optimizer
+    stages = cfg.stages or [StageConfig(epochs=cfg.epochs)]
+    return RunPlan(epochs=[s.epochs for s in stages],
+                   steps_per_epoch=[math.ceil(len(d.batches(0)) / o.gradient_accumulation_steps) for d in stage_data],
+                   learning_rates=[stage_learning_rates(s, groups, unet=o.learning_rate, te1=o.learning_rate_te1,
+                                                        te2=o.learning_rate_te2) for s in stages])
+
+
+def start_ema(ema_cfg, modules: dict, device: torch.device) -> ExponentialMovingAverage | None:
+    if not ema_cfg.enabled:
+        return None
+    return ExponentialMovingAverage(modules, decay=ema_cfg.decay, warmup=ema_cfg.warmup, power=ema_cfg.warmup_power,
+                                    start_step=ema_cfg.start_step, update_every=ema_cfg.update_every,
+                                    device="cpu" if ema_cfg.device == "cpu" else device)
+
+
 def check_model_settings(arch: str, vae_precision: str) -> None:
     if arch == "sdxl" and vae_precision == "fp16":
         raise TrainingError("the SDXL VAE overflows in fp16 (NaN latents, black images): set "
@@ -297,17 +365,25 @@ def latent_cache_folder(cache_dir: Path | None, vae) -> Path | None:
 # ---------------------------------------------------------------- saving and resuming
 
 
-def save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, *, epoch=None, step=None,
+def save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema=None, *, epoch=None, step=None,
                     final=False) -> Path:
-    """A single-file model now (main process), pruning older periodic ones."""
+    """A single-file model now (main process), pruning older periodic ones. With EMA on the file holds the EMA
+    weights (and ``-noema`` the trained ones, when ``ema.save_trained_too``)."""
     folder = run_root / "checkpoints"
     path = folder / ckpt.checkpoint_name(run_root.name, epoch=epoch, step=step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"tunebook.run": run_root.name, "tunebook.step": str(position.step),
-                "tunebook.epoch": str(position.epoch), "tunebook.base_model": cfg.model.base_model}
-        save_model_file(path, bundle, precision=cfg.saving.save_precision, metadata=meta)
+                "tunebook.epoch": str(position.epoch), "tunebook.base_model": cfg.model.base_model,
+                "tunebook.ema": str(ema is not None).lower(),
+                # samplers must use the rescaled schedule too (ComfyUI's marker key is still to be written)
+                "tunebook.zero_terminal_snr": str(cfg.objective.zero_terminal_snr).lower()}
+        with ema.swapped_into() if ema is not None else _nothing():
+            save_model_file(path, bundle, precision=cfg.saving.save_precision, metadata=meta)
+        if ema is not None and cfg.ema.save_trained_too:
+            save_model_file(folder / ckpt.checkpoint_name(run_root.name, epoch=epoch, step=step, noema=True), bundle,
+                            precision=cfg.saving.save_precision, metadata={**meta, "tunebook.ema": "false"})
         if not final:
             ckpt.prune_checkpoints(folder, run_root.name, cfg.saving.keep_last)
         monitor.event("checkpoint", path=str(path), step=position.step, epoch=position.epoch)
@@ -315,7 +391,8 @@ def save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, *, ep
     return path
 
 
-def save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches) -> None:
+def save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches,
+               ema=None) -> None:
     """Resumable training state (main process writes; every process waits)."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -326,13 +403,18 @@ def save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monito
                    "rng": ckpt.capture_rng_states()}
         path = ckpt.save_training_state(run_root / "state", position.step, weights=trained.state_dict(),
                                         optimizer_state=optimizer.state_dict(), trainer=trainer,
-                                        keep_last=cfg.saving.keep_last_states)
+                                        keep_last=cfg.saving.keep_last_states,
+                                        ema_weights=ema.state_dict() if ema is not None else None)
         monitor.event("state", path=str(path), step=position.step)
     accelerator.wait_for_everyone()
 
 
-def restore_training_state(resume, state_dir, cfg, trained, optimizer, scheduler, accelerator, monitor) -> Position:
-    """Load a state into the models/optimizer/schedule and return where to continue; warn on config changes."""
+def restore_training_state(resume, state_dir, cfg, trained, optimizer, scheduler, accelerator, monitor,
+                           ema=None) -> Position:
+    """Load a state into the models/optimizer/schedule/EMA and return where to continue; warn on config changes.
+
+    Learning rates come from the current config (see ``training.schedules``): an edited LR is logged as a
+    ``learning_rate_changed`` event and a warning."""
     path = ckpt.find_latest_state(state_dir) if resume == "latest" else Path(resume)
     if path is None:
         raise TrainingError(f"no training state in {state_dir} to resume from: start without --resume "
@@ -340,7 +422,8 @@ def restore_training_state(resume, state_dir, cfg, trained, optimizer, scheduler
     state = ckpt.load_training_state(path)
     changed = [d for d in ckpt.config_differences(state["config"], to_dict(cfg))
                if not d.startswith(ckpt.RESUME_SAFE_KEYS)
-               or (d.startswith(("epochs", "max_steps")) and cfg.optimizer.lr_scheduler in ("cosine", "linear"))]
+               or (d.startswith(("epochs", "max_steps"))
+                   and cfg.optimizer.lr_scheduler not in ("constant", "constant_with_warmup"))]
     if changed:
         message = ("resuming with changed settings, so the run will not match an uninterrupted one: "
                    + "; ".join(changed))
@@ -349,8 +432,26 @@ def restore_training_state(resume, state_dir, cfg, trained, optimizer, scheduler
     trained.load_state_dict(state["weights"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    report_learning_rate_changes(scheduler.changes_since(state["scheduler"]), state["step"], monitor)
+    if ema is not None:
+        if "ema" not in state:
+            raise TrainingError(f"{path} holds no EMA (it was saved with ema.enabled off): resume with EMA off, "
+                                "or start a new run with it on")
+        ema.load_state_dict(state["ema"])
     if state.get("scaler") and getattr(accelerator, "scaler", None) is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
     ckpt.restore_rng_states(state["rng"])
     monitor.update(force=True, last_state=str(path))
     return Position(state["step"], state["epoch"], state["batch_in_epoch"])
+
+
+def report_learning_rate_changes(changes: dict[str, tuple[float, float]], step: int, monitor) -> None:
+    """A resumed run with edited learning rates says so: one event with the numbers, one warning."""
+    if not changes:
+        return
+    listed = "; ".join(f"{name} {old:g} -> {new:g}" for name, (old, new) in changes.items())
+    message = (f"learning rates differ from the saved state ({listed}): the config's values apply from step "
+               f"{step} on, the schedule's shape continues")
+    print(f"warning: {message}", file=sys.stderr)
+    monitor.event("learning_rate_changed", step=step, groups={k: list(v) for k, v in changes.items()})
+    monitor.event("warning", message=message)

@@ -53,13 +53,12 @@ class Estimate:
 
 
 def optimizer_bytes_per_param(optimizer: str, weight_bytes: int) -> float:
-    """State bytes per trained parameter: AdamW two moments, AdamW8bit two 8-bit moments (+ small absmax),
-    Adafactor factored second moment only (fixed LR, no momentum)."""
-    if optimizer == "AdamW8bit":
-        return 2.05
-    if optimizer == "Adafactor":
-        return 0.1
-    return 2 * weight_bytes
+    """State bytes per trained parameter: AdamW two moments, AdamW8bit two 8-bit moments (+ small absmax;
+    the paged variant can move them to CPU memory), Lion one moment, Prodigy four (moments, s, initial
+    weights), ADOPT two fp32 moments, Adafactor factored second moment only (no momentum)."""
+    per_param = {"AdamW8bit": 2.05, "PagedAdamW8bit": 2.05, "Lion8bit": 1.03, "Lion": weight_bytes,
+                 "Prodigy": 4 * weight_bytes, "ADOPT": 8, "Adafactor": 0.1}
+    return per_param.get(optimizer, 2 * weight_bytes)
 
 
 def gpu_peak_tflops(gpu_name: str) -> float | None:
@@ -74,7 +73,7 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
                  train_te1: bool, train_te2: bool, mixed_precision: str, full_half: bool,
                  gradient_checkpointing: bool, vae_fp32: bool, cached_latents: bool,
                  gpu_name: str | None = None, vram_gb: float | None = None,
-                 price_per_hour: float | None = None) -> Estimate:
+                 price_per_hour: float | None = None, ema_on_gpu: bool = False) -> Estimate:
     """VRAM, speed, time and cost of a full fine-tune (pure: pass the numbers, get the estimate)."""
     p = PARAMS[arch]
     half = 2 if mixed_precision != "no" else 4
@@ -89,6 +88,7 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
         "weights": (trained * wbytes + frozen_te * half + p["vae"] * (4 if vae_fp32 else 2)) / gb,
         "gradients": trained * wbytes / gb,
         "optimizer": trained * optimizer_bytes_per_param(optimizer, wbytes) / gb,
+        "ema": trained * 4 / gb if ema_on_gpu else 0.0,  # an fp32 copy of the trained weights
         "activations": batch_size * scale * (act_ckpt if gradient_checkpointing else act_no_ckpt),
         "context": CONTEXT_GB,
     }
@@ -108,6 +108,7 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
         tips = ([] if optimizer != "AdamW" else ["AdamW8bit"]) + \
             ([] if gradient_checkpointing else ["gradient checkpointing"]) + \
             (["a smaller batch"] if batch_size > 1 else []) + (["freezing text encoder 2"] if train_te2 else []) + \
+            (["ema.device = 'cpu'"] if ema_on_gpu else []) + \
             ["Adafactor (fixed LR)"] * (optimizer != "Adafactor")
         notes.append(f"does not fit in {vram_gb:.0f} GB: try " + ", ".join(tips))
     if gpu_name and peak is None:
@@ -151,5 +152,6 @@ def estimate_config(cfg, ws, gpu_name: str | None = None, vram_gb: float | None 
                         optimizer=o.optimizer, train_te1=te1, train_te2=te2, mixed_precision=pr.mixed_precision,
                         full_half=pr.full_half_precision, gradient_checkpointing=pr.gradient_checkpointing,
                         vae_fp32=pr.vae_precision == "fp32", cached_latents=d.cache_latents != "off",
-                        gpu_name=gpu_name, vram_gb=vram_gb, price_per_hour=price_per_hour)
+                        gpu_name=gpu_name, vram_gb=vram_gb, price_per_hour=price_per_hour,
+                        ema_on_gpu=cfg.ema.enabled and cfg.ema.device != "cpu")
 

@@ -1,15 +1,17 @@
 """What a running training job tells the outside world: ``log.jsonl``, ``status.json`` and a progress bar.
 
 ``log.jsonl`` (append-only, one JSON object per line, flushed each line) holds
-- step lines: ``{"step", "epoch", "loss", "lr", "images_per_s", "s_per_step", "peak_memory_gb", "eta_s",
-  "time"}`` (``loss`` is the mean over the step's accumulated batches);
-- event lines: ``{"event": "start"|"resume"|"data"|"checkpoint"|"state"|"warning"|"finished"|"failed", ...}``.
+- step lines: ``{"step", "epoch", "loss", "lr", "lrs", "images_per_s", "s_per_step", "peak_memory_gb", "eta_s",
+  "time"}`` (``loss`` is the mean over the step's accumulated batches; ``lrs`` the effective LR per model;
+  ``ema_decay`` when EMA is on);
+- event lines: ``{"event": "start"|"resume"|"data"|"stage"|"checkpoint"|"state"|"warning"|
+  "learning_rate_changed"|"finished"|"failed", ...}``.
 A resumed run appends; the last line for a step wins.
 
 ``status.json`` (rewritten atomically, at most once a second and at every event) is the one file a monitor
 needs: ``{"state": "starting"|"caching"|"training"|"finished"|"failed", "step", "total_steps", "epoch",
 "epochs", "loss", "lr", "images_per_s", "eta_s", "peak_memory_gb", "last_checkpoint", "last_state", "error",
-"pid", "updated"}``.
+"warnings", "pid", "updated"}``. Step records also go to the run's trackers (TensorBoard, W&B).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from helpers.changes import write_text_atomic
+from helpers.training.trackers import numeric_metrics
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -46,6 +49,7 @@ class RunMonitor:
         self.status: dict = {"state": "starting", "pid": os.getpid(), "error": None}
         self.show_bar = enabled and (sys.stderr.isatty() if show_bar is None else show_bar)
         self.bar = None
+        self.trackers: list = []  # TensorBoard / W&B (``training.trackers``), fed every step record
         self._last_status = 0.0
         if enabled:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -59,6 +63,8 @@ class RunMonitor:
             self.status["last_checkpoint"] = fields.get("path")
         elif event == "state":
             self.status["last_state"] = fields.get("path")
+        elif event == "warning":  # kept in the status so a notebook monitor shows every one of them
+            self.status.setdefault("warnings", []).append(fields.get("message", ""))
         self.update(force=True)
 
     def start_bar(self, total: int, initial: int) -> None:
@@ -72,6 +78,8 @@ class RunMonitor:
         if not self.enabled:
             return
         self._append({**record, "time": time.time()})
+        for tracker in self.trackers:
+            tracker.log(record["step"], numeric_metrics(record))
         self.status.update({k: record[k] for k in ("step", "epoch", "loss", "lr", "images_per_s", "eta_s",
                                                    "peak_memory_gb") if k in record})
         self.status["state"] = "training"
@@ -95,6 +103,9 @@ class RunMonitor:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
     def _append(self, record: dict) -> None:
         with open(self.log_path, "a", encoding="utf-8") as fh:

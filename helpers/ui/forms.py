@@ -44,6 +44,22 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _inline_toml(data: dict[str, Any]) -> str:
+    from helpers.config import dumps_toml
+
+    return "{" + ", ".join(dumps_toml({k: v}).strip() for k, v in data.items()) + "}"
+
+
+def _inline_table(line: str) -> Any:
+    """``{epochs = 10, resolution = 768}`` -> a dict; text that is not one is returned for from_dict to name."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"item = {line}")["item"]
+    except tomllib.TOMLDecodeError:
+        return line
+
+
 class FieldRow:
     """One field: label, input widget, unit, help and a message area. Converts widget <-> plain data."""
 
@@ -52,6 +68,8 @@ class FieldRow:
         self.meta = field_meta(f)
         self.tp, self.optional = _unwrap_optional(tp)
         self.kind = self.meta["kind"] or ("path" if self.tp is Path else None)
+        # a list of config tables ([[stages]]) is edited as one TOML inline table per line
+        self._of_tables = get_origin(self.tp) is list and dataclasses.is_dataclass((get_args(self.tp) or (None,))[0])
         self.input = self._make_input()
         self.message = w.HTML("")
         label = self.meta["label"] + (f" ({self.meta['unit']})" if self.meta["unit"] else "")
@@ -73,7 +91,8 @@ class FieldRow:
         if tp is bool:
             return w.Checkbox(indent=False)
         if get_origin(tp) is list:
-            return w.Textarea(placeholder="one item per line", layout=w.Layout(width="340px", height="70px"))
+            hint = "one {key = value, ...} table per line" if self._of_tables else "one item per line"
+            return w.Textarea(placeholder=hint, layout=w.Layout(width="340px", height="70px"))
         if tp in (int, float) and not self.optional:
             # Plain (unbounded) number boxes: a bounded widget would silently clamp; we report instead.
             kwargs = {"step": meta["step"]} if meta["step"] is not None else {}
@@ -90,7 +109,8 @@ class FieldRow:
         value = self.input.value
         tp = self.tp
         if get_origin(tp) is list:
-            return [line.strip() for line in value.splitlines() if line.strip()]
+            lines = [line.strip() for line in value.splitlines() if line.strip()]
+            return [_inline_table(line) for line in lines] if self._of_tables else lines
         if isinstance(self.input, (w.Text, w.Textarea, w.Password)) and tp is not str and tp is not Path:
             text = value.strip()
             if not text:
@@ -105,7 +125,8 @@ class FieldRow:
 
     def set(self, value: Any) -> None:
         if get_origin(self.tp) is list:
-            self.input.value = "\n".join(str(v) for v in (value or []))
+            items = [to_dict(v) if dataclasses.is_dataclass(v) else v for v in (value or [])]
+            self.input.value = "\n".join(_inline_toml(v) if self._of_tables else str(v) for v in items)
         elif isinstance(value, enum.Enum):
             self.input.value = value.value
         elif isinstance(self.input, (w.Text, w.Textarea, w.Password)):
@@ -221,7 +242,9 @@ class ConfigForm:
         """The validated config; raises ``ConfigError`` (and marks the fields) when something is wrong."""
         problems = self.problems()
         for key, row in self.rows.items():
-            row.show(problems.get(key))
+            # an item of a list of tables ("stages[1].resolution") is marked on the list's row
+            inner = [f"{k[len(key):]}: {m}" for k, m in problems.items() if k.startswith(key + "[")]
+            row.show(problems.get(key) or "; ".join(inner) or None)
         if problems:
             self.status.value = (f"<span style='color:#c00'>{len(problems)} problem(s): fix the marked "
                                  "field(s)</span>")

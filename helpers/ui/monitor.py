@@ -61,6 +61,8 @@ class TrainingMonitor:
         if st.peak_memory_gb:
             bits.append(f"peak mem {st.peak_memory_gb:.1f} GB")
         text = " · ".join(bits)
+        for warning in st.warnings[-3:]:
+            text += f"<br><span style='color:#b60'>&#9888; {html.escape(warning)}</span>"
         if st.error:
             text += f"<br><span style='color:#c00'>{html.escape(st.error)}</span>"
         self.line.value = text
