@@ -1,8 +1,6 @@
-"""Training data: kohya buckets, the epoch plan, the caption hook, the scan's reports, the latent cache."""
+"""Training data: kohya buckets, the epoch plan, the scan's reports, the latent cache."""
 
 from __future__ import annotations
-
-import random
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import torch
 from PIL import Image
 
 from helpers.dataset.buckets import make_buckets, select_bucket
+from helpers.training import captions as C
 from helpers.training import data as D
 
 
@@ -65,21 +64,6 @@ def test_epoch_plan_one_bucket_batches_repeats_and_determinism():
     assert not {s.position for b in r0 for s in b} & {s.position for b in r1 for s in b}
 
 
-def test_caption_hook_keeps_tokens_shuffles_and_drops():
-    caption = "trigger, a, b, c, d, e"
-    for seed in range(20):
-        out = D.process_caption(caption, random.Random(seed), shuffle=True, keep_tokens=1)
-        tags = out.split(", ")
-        assert tags[0] == "trigger" and sorted(tags[1:]) == ["a", "b", "c", "d", "e"]
-    assert len({D.process_caption(caption, random.Random(s), shuffle=True, keep_tokens=1) for s in range(20)}) > 5
-    assert D.process_caption(caption, random.Random(0), caption_dropout=1.0) == ""
-    assert D.process_caption(caption, random.Random(0), tag_dropout=1.0, keep_tokens=1) == "trigger"
-    assert D.process_caption(caption, random.Random(0)) == caption
-    hook = D.caption_hook(True, 1, ",", 0.0, 0.0)
-    assert hook(caption, random.Random(3)) == D.process_caption(caption, random.Random(3), shuffle=True,
-                                                                 keep_tokens=1)
-
-
 def test_scan_repeats_captions_and_reports(tmp_path):
     root = tmp_path / "ds"
     write_image(root / "3_cat" / "a.png", (64, 48))
@@ -117,8 +101,8 @@ def test_dataset_items_pixels_conditioning_and_random_choices(tmp_path):
     placement = D.assign_buckets(items, resolution=64, enable_buckets=True, min_side=32, max_side=128, step=32,
                                  no_upscale=False)
     assert placement == [((96, 32), (100, 32))]  # aspect 3.1 -> the 3:1 bucket, scaled by height
-    ds = D.TrainingImages(items, placement, seed=1, random_crop=True, flip=True,
-                          caption_transform=D.caption_hook(True, 0, ",", 0.0, 0.0))
+    captions = C.CaptionPipeline([C.CaptionSource(i.caption) for i in items], C.CaptionConfig(shuffle_caption=True))
+    ds = D.TrainingImages(items, placement, seed=1, random_crop=True, flip=True, captions=captions)
     samples = [ds[D.Sample(0, p, 0)] for p in range(12)]
     bucket = placement[0][0]
     assert all(s["pixels"].shape == (3, bucket[1], bucket[0]) for s in samples)

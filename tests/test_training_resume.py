@@ -3,10 +3,13 @@ per-step losses and the bit-identical final weights of an uninterrupted run (CPU
 
 Real processes (``python -m helpers.training``), a real ``kill -9`` while training runs, twice (a second
 resume must not double-count), with everything that carries randomness or position switched on: random
-crop, flip, caption shuffle + tag dropout, text-encoder training, gradient accumulation with a short last
-chunk per epoch, a warm-up + cosine schedule, min-SNR, noise offset, pyramid noise, input perturbation, EMA
-(both files saved), and two stages (resolution and text-encoder LR change at epoch 1; the first kill lands in
-the second stage, so the resume crosses the boundary).
+crop, flip with no-flip tags, colour jitter, persistent loader workers, every caption option (keep separator,
+fixed and important tags, shuffle, tag / implication / short-caption / caption dropout, dropout every N
+epochs, tag and caption mixing from .captions.json, wildcards, prefix/suffix, 150-token prompts),
+text-encoder training, gradient accumulation with a short last chunk per epoch, a warm-up + cosine
+schedule, min-SNR, noise offset, pyramid noise, input perturbation, EMA (both files saved), and two stages
+(resolution and text-encoder LR change at epoch 1; the first kill lands in the second stage, so the resume
+crosses the boundary).
 """
 
 from __future__ import annotations
@@ -29,12 +32,36 @@ from helpers.training.progress import read_log, step_losses
 REPO = Path(__file__).resolve().parent.parent
 
 
+def add_caption_material(dataset: Path) -> Path:
+    """Keep separators and a wildcard in one caption file, .captions.json records (tags + a long natural
+    caption) beside the others, and an implications CSV; returns the CSV."""
+    from helpers.captioning.sidecar import CaptionRecord
+
+    images = sorted(dataset.rglob("*.png"))
+    images[0].with_suffix(".txt").write_text("thing ||| {red|green}, blue, color, number 0 ||| masterpiece",
+                                             encoding="utf-8")
+    for index, image in enumerate(images[1:], start=1):
+        record = CaptionRecord(tags=["thing", "red", "blue", "color", f"number {index}", "masterpiece"], keep=1,
+                               captions={"florence": "A small square picture of random coloured noise, with red "
+                                         f"and blue dots all over it, number {index} of the set."})
+        image.with_suffix(".captions.json").write_text(record.to_json(), encoding="utf-8")
+    implications = dataset.parent / "implications.csv"
+    implications.write_text("antecedent_name,consequent_name\nred,color\nblue,color\n", encoding="utf-8")
+    return implications
+
+
 def make_run(tmp_path: Path, name: str, model_dir: Path, dataset: Path) -> Path:
     cfg = from_dict(TrainConfig, {
         "model": {"base_model": str(model_dir)},
         "data": {"dataset": str(dataset), "resolution": 64, "min_bucket_side": 32, "max_bucket_side": 128,
-                 "bucket_step": 32, "random_crop": True, "flip": True, "shuffle_caption": True, "keep_tokens": 1,
-                 "tag_dropout": 0.2, "num_workers": 0},
+                 "bucket_step": 32, "random_crop": True, "flip": True, "no_flip_tags": ["number 1"],
+                 "color_jitter": 0.1, "hue_jitter": 0.03, "num_workers": 1, "persistent_workers": True},
+        "captions": {"shuffle_caption": True, "keep_tokens": 1, "tag_dropout": 0.2, "caption_dropout": 0.1,
+                     "caption_dropout_every_n_epochs": 3, "short_caption_chance": 0.3,
+                     "implications_csv": str(add_caption_material(dataset)), "implication_dropout": 0.5,
+                     "fixed_tags": ["masterpiece"], "important_tags": ["number*"], "wildcards": True,
+                     "caption_prefix": "sks", "caption_suffix": "by tunebook", "mix_tags": 0.5,
+                     "mix_caption": 0.3, "mix_both": 0.2, "max_token_length": 150},
         "optimizer": {"learning_rate": 1e-3, "train_text_encoder": True, "gradient_accumulation_steps": 2,
                       "lr_scheduler": "cosine", "lr_warmup_steps": 2},
         "objective": {"min_snr_gamma": 5.0, "noise_offset": 0.05, "multires_noise_iterations": 3,

@@ -89,16 +89,38 @@ def dedupe_tags(tags: Iterable[str]) -> list[str]:
     return out
 
 
+class TagPatterns:
+    """A set of tags to look for, compared by ``tag_key``; a ``*`` in a pattern matches any text (``text on*``).
+
+    Picklable, so training's loader workers can hold one.
+    """
+
+    def __init__(self, patterns: Iterable[str]):
+        self.exact: set[str] = set()
+        wildcards = []
+        for pattern in patterns:
+            key = tag_key(pattern)
+            if "*" in key:
+                wildcards.append(".*".join(re.escape(p) for p in key.split("*")))
+            elif key:
+                self.exact.add(key)
+        self.wildcard = re.compile("^(?:" + "|".join(wildcards) + ")$") if wildcards else None
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.wildcard)
+
+    def __contains__(self, tag: str) -> bool:
+        return self.has_key(tag_key(tag))
+
+    def has_key(self, key: str) -> bool:
+        """Whether a tag whose ``tag_key`` is ``key`` is in the set (callers that already have the key)."""
+        return key in self.exact or (self.wildcard is not None and self.wildcard.match(key) is not None)
+
+
 def remove_tags(tags: Sequence[str], unwanted: Iterable[str]) -> list[str]:
     """``tags`` without any of ``unwanted`` (compared by ``tag_key``; a ``*`` in an unwanted tag is a wildcard)."""
-    exact, patterns = set(), []
-    for u in unwanted:
-        key = tag_key(u)
-        if "*" in key:
-            patterns.append(re.compile("^" + ".*".join(re.escape(p) for p in key.split("*")) + "$"))
-        elif key:
-            exact.add(key)
-    return [t for t in tags if tag_key(t) not in exact and not any(p.match(tag_key(t)) for p in patterns)]
+    patterns = TagPatterns(unwanted)
+    return [t for t in tags if t not in patterns]
 
 
 def replace_tags(tags: Sequence[str], mapping: dict[str, str]) -> list[str]:

@@ -47,14 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     ws_root = args.workspace or os.environ.get("TUNEBOOK_WORKSPACE")
     ws = Workspace.open(ws_root) if ws_root else None
     if args.check:
+        from helpers.dataset.caption_files import CaptionError
+        from helpers.training.captions import build_caption_pipeline
         from helpers.training.data import scan_dataset
+        from helpers.training.implications import ImplicationError
 
         try:
             models_dir = ws.models if ws else None
-            _, report = scan_dataset(resolve_dataset(cfg.data.dataset, models_dir),
-                                     caption_extension=cfg.data.caption_extension,
-                                     default_repeats=cfg.data.repeats, on_bad_data=cfg.data.on_bad_data)
-        except DataError as exc:
+            items, report = scan_dataset(resolve_dataset(cfg.data.dataset, models_dir),
+                                         caption_extension=cfg.data.caption_extension,
+                                         default_repeats=cfg.data.repeats, on_bad_data=cfg.data.on_bad_data)
+            # the caption records (when mixing) and the implications file are read as training will read them
+            build_caption_pipeline(cfg.captions, [i.path for i in items], [i.caption for i in items])
+        except (DataError, CaptionError, ImplicationError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(report.summary())

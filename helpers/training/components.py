@@ -27,14 +27,47 @@ def resolve_base_model(name: str, models_dir: Path | None) -> str:
     return name
 
 
-def model_family(arch: str) -> types.ModuleType:
-    """``helpers.models.sdxl`` or ``helpers.models.sd15``: tokenize_captions, encode_tokens, unet_conditioning."""
+@dataclass(frozen=True)
+class ModelFamily:
+    """A family module (``helpers.models.sdxl`` / ``sd15``) with the run's text settings bound: the loop calls
+    ``tokenize_captions``, ``encode_tokens`` and ``unet_conditioning`` without knowing which family it trains."""
+
+    module: types.ModuleType
+    max_tokens: int = 75
+    clip_skip: int = 1
+
+    @property
+    def arch(self) -> str:
+        return self.module.ARCH
+
+    def tokenize_captions(self, tokenizers: list, captions: list[str]) -> list[torch.Tensor]:
+        return self.module.tokenize_captions(tokenizers, captions, self.max_tokens)
+
+    def encode_tokens(self, text_encoders: list, token_ids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.clip_skip == 1:
+            return self.module.encode_tokens(text_encoders, token_ids)
+        return self.module.encode_tokens(text_encoders, token_ids, clip_skip=self.clip_skip)
+
+    def unet_conditioning(self, *args, **kwargs) -> dict:
+        return self.module.unet_conditioning(*args, **kwargs)
+
+
+def model_family(arch: str, *, max_tokens: int = 75, clip_skip: int = 1) -> ModelFamily:
+    """The family adapter for ``arch`` with the caption token limit and clip skip of the run.
+
+    Clip skip is an SD 1.5 setting: SDXL already reads TE1's penultimate layer (``ConfigError`` otherwise,
+    where kohya only warns and ignores it).
+    """
+    from helpers.config import ConfigError
     from helpers.models import sd15, sdxl
 
     families = {"sdxl": sdxl, "sd15": sd15}
     if arch not in families:
         raise ValueError(f"unknown model family {arch!r}: expected one of {', '.join(families)}")
-    return families[arch]
+    if clip_skip != 1 and arch != "sd15":
+        raise ConfigError({"captions.clip_skip": f"clip skip is for SD 1.5; this {arch} model already reads the "
+                           "penultimate layer: set clip_skip = 1"})
+    return ModelFamily(families[arch], max_tokens, clip_skip)
 
 
 def load_base_model(source: str, *, arch: str | None, prediction: str | None, allow_pickle: bool):

@@ -1,9 +1,10 @@
 """``TrainConfig``: one training run's settings, composed of the parts each module owns.
 
-``DataConfig`` lives beside the data code, ``OptimizerConfig`` beside the optimizers, ``SaveConfig`` beside the
-checkpoint code, ``EmaConfig``, ``LoggingConfig`` and ``StageConfig`` beside theirs; this module adds the base
-model, the objective and precision sections and the run-level numbers (epochs, batch size, seed), and the
-cross-field checks a form shows before anything runs (none of them loads a model).
+``DataConfig`` lives beside the data code, ``CaptionConfig`` beside the per-step captions, ``OptimizerConfig``
+beside the optimizers, ``SaveConfig`` beside the checkpoint code, ``EmaConfig``, ``LoggingConfig`` and
+``StageConfig`` beside theirs; this module adds the base model, the objective and precision sections and the
+run-level numbers (epochs, batch size, seed), and the cross-field checks a form shows before anything runs
+(none of them loads a model).
 A run folder keeps its ``config.toml``; templates in ``templates/`` hold only what differs from here.
 """
 
@@ -13,12 +14,15 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from helpers.config import option
+from helpers.training.captions import CaptionConfig
 from helpers.training.checkpoints import SaveConfig
 from helpers.training.data import DataConfig
 from helpers.training.ema import EmaConfig
 from helpers.training.optim import OptimizerConfig
 from helpers.training.schedules import StageConfig, stage_problems
 from helpers.training.trackers import LoggingConfig
+
+MOVED_TO_CAPTIONS = ("shuffle_caption", "keep_tokens", "caption_separator", "tag_dropout", "caption_dropout")
 
 
 @dataclass
@@ -115,10 +119,11 @@ class PrecisionConfig:
 class TrainConfig:
     """A full fine-tune of SDXL or SD 1.5."""
 
-    format_version: ClassVar[int] = 1
+    format_version: ClassVar[int] = 2
 
     model: ModelConfig = option(factory=ModelConfig, help="base model")
-    data: DataConfig = option(factory=DataConfig, help="images and captions")
+    data: DataConfig = option(factory=DataConfig, help="images and augmentation")
+    captions: CaptionConfig = option(factory=CaptionConfig, help="captions per step and text encoding")
     optimizer: OptimizerConfig = option(factory=OptimizerConfig, help="optimizer and learning rate")
     objective: ObjectiveConfig = option(factory=ObjectiveConfig, help="loss")
     precision: PrecisionConfig = option(factory=PrecisionConfig, help="precision and memory")
@@ -134,6 +139,16 @@ class TrainConfig:
     batch_size: int = option(1, min=1, max=512, help="images per batch (per GPU)")
     seed: int = option(42, min=0, max=2**31 - 1, help="fixes data order, crops and noise: same seed, same run")
     device: str = option("auto", help="auto (CUDA when present), cuda, cuda:N or cpu", group="advanced")
+
+    @staticmethod
+    def migrate(data: dict, version: int) -> dict:
+        """Format 1 -> 2: the caption options moved from [data] to their own [captions] section."""
+        if version == 1:
+            data = {**data, "data": dict(data.get("data", {})), "captions": dict(data.get("captions", {}))}
+            for key in MOVED_TO_CAPTIONS:
+                if key in data["data"]:
+                    data["captions"][key] = data["data"].pop(key)
+        return data
 
     def check(self) -> dict[str, str]:
         """Problems between fields that would waste GPU time or produce NaNs."""
@@ -152,12 +167,17 @@ class TrainConfig:
         if d.cache_latents != "off" and d.random_crop:
             problems["data.cache_latents"] = ("a cached latent has one fixed crop: turn off random_crop or the "
                                               "latent cache")
+        if d.cache_latents != "off" and (d.color_jitter or d.hue_jitter):
+            problems["data.cache_latents"] = ("a cached latent has fixed colours: turn off color_jitter and "
+                                              "hue_jitter, or the latent cache")
+        if self.captions.clip_skip != 1 and self.model.arch == "sdxl":
+            problems["captions.clip_skip"] = "clip skip is for SD 1.5 (SDXL already reads the penultimate layer): use 1"
         if p.vae_precision == "fp16" and self.model.arch != "sd15":
             problems["precision.vae_precision"] = ("the SDXL VAE overflows in fp16 (NaN latents, black images): "
                                                    "use fp32 (or bf16)")
         if p.full_half_precision and p.mixed_precision == "no":
             problems["precision.full_half_precision"] = "needs mixed_precision fp16 or bf16"
-        for section, found in (("optimizer", o.problems()),
+        for section, found in (("optimizer", o.problems()), ("captions", self.captions.problems()),
                                ("objective", self.objective.problems(self.model.prediction))):
             problems.update({f"{section}.{key}": message for key, message in found.items()})
         trained = {"unet"} | ({f"te{i}" for i, lr in ((1, o.learning_rate_te1), (2, o.learning_rate_te2))

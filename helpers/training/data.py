@@ -2,9 +2,9 @@
 
 Reads the dataset through ``helpers.dataset.files`` (the layout the dataset check uses too: kohya ``N_name``
 folders = N repeats, captions, bad files reported) and places images in ``helpers.dataset.buckets``' aspect
-ratio buckets; owns resize/crop/flip, the per-epoch batch plan, the caption hook (shuffle, keep_tokens, tag and
-caption dropout), loss masks (``training.masks``) and the latent cache (memory or disk, keyed by image content,
-bucket, crop, flip and VAE).
+ratio buckets; owns resize/crop/flip/colour jitter, the per-epoch batch plan, loss masks (``training.masks``)
+and the latent cache (memory or disk, keyed by image content, bucket, crop, flip and VAE). The per-step
+caption edits live in ``training.captions``.
 
 Every random choice (batch order, crop, flip, caption edits) comes from a generator seeded by
 (seed, epoch, position), never from global state, so an epoch is a pure function of its number: a resumed run
@@ -15,7 +15,6 @@ number of loader workers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import os
 import random
@@ -28,7 +27,11 @@ import torch
 
 from helpers.config import option
 from helpers.dataset.buckets import make_buckets, select_bucket
+from helpers.dataset.caption_files import CaptionError
 from helpers.dataset.files import IMAGE_EXTENSIONS, dataset_entries, read_image_size
+from helpers.training.augment import ColorJitter, apply_color_jitter, draw_color_jitter
+from helpers.training.captions import CaptionConfig, CaptionPipeline, build_caption_pipeline, no_flip_images
+from helpers.training.implications import ImplicationError
 from helpers.training.masks import find_mask_files, load_mask, mask_folder_path
 
 
@@ -54,20 +57,22 @@ class DataConfig:
                               "rounded down to the step", group="advanced")
     random_crop: bool = option(False, help="crop jitter: a new random crop each time (no latent cache)")
     flip: bool = option(False, help="random horizontal flip")
-    shuffle_caption: bool = option(False, help="shuffle comma-separated tags each step", group="captions")
-    keep_tokens: int = option(0, min=0, max=100, help="first N tags stay in place when shuffling or dropping",
-                              group="captions")
-    caption_separator: str = option(",", help="tag separator", group="captions")
-    tag_dropout: float = option(0.0, min=0.0, max=1.0, help="chance to drop each (non-kept) tag",
-                                group="captions")
-    caption_dropout: float = option(0.0, min=0.0, max=1.0, help="chance to train an image with an empty "
-                                    "caption", group="captions")
+    no_flip_tags: list[str] = option([], help="never flip an image whose caption has one of these tags (text, "
+                                     "asymmetric features; hyperfusion: sequence, text on*, speech bubble ...); "
+                                     "* matches any text", group="augmentation")
+    color_jitter: float = option(0.0, min=0.0, max=0.5, help="random brightness, contrast and saturation change "
+                                 "of up to this much (0.1 = ±10 %; no latent cache)", group="augmentation")
+    hue_jitter: float = option(0.0, min=0.0, max=0.5, help="random hue shift of up to this share of the colour "
+                               "circle (kohya color_aug ≈ 0.044; no latent cache)", group="augmentation")
     cache_latents: Literal["off", "memory", "disk"] = option(
         "off", help="encode every image once before training (not with random crop); disk keeps them for the "
         "next run")
     on_bad_data: Literal["skip", "stop"] = option("skip", help="a corrupt image or unreadable caption: skip it "
                                                   "(listed in the report) or stop before training")
     num_workers: int = option(2, min=0, max=64, help="image loader processes", group="advanced")
+    persistent_workers: bool = option(False, help="keep the loader processes from epoch to epoch instead of "
+                                      "starting them again each epoch (kohya persistent_data_loader_workers)",
+                                      group="advanced")
     masks: Literal["off", "alpha", "folder"] = option(
         "off", help="masked loss: train only where the mask is white: the image's alpha channel, or a mask "
         "image per training image in mask_folder", group="advanced")
@@ -230,39 +235,6 @@ def plan_epoch(bucket_of_item: list[tuple[int, int]], repeats: list[int], batch_
     return out[rank::world_size]
 
 
-# ---------------------------------------------------------------- captions
-
-
-def process_caption(caption: str, rng: random.Random, *, shuffle: bool = False, keep_tokens: int = 0,
-                    separator: str = ",", tag_dropout: float = 0.0, caption_dropout: float = 0.0) -> str:
-    """The caption hook: caption dropout -> split kept/free tags -> shuffle -> tag dropout -> join ", ".
-
-    Source: order of sd-scripts ``BaseDataset.process_caption``. Draws from ``rng`` in a fixed order so a
-    sample's caption depends only on its seed.
-    """
-    if caption_dropout and rng.random() < caption_dropout:
-        return ""
-    if not (shuffle or tag_dropout):
-        return caption
-    tags = [t.strip() for t in caption.split(separator) if t.strip()]
-    kept, free = tags[:keep_tokens], tags[keep_tokens:]
-    if shuffle:
-        rng.shuffle(free)
-    if tag_dropout:
-        free = [t for t in free if rng.random() >= tag_dropout]
-    return ", ".join(kept + free)
-
-
-CaptionHook = Callable[[str, random.Random], str]
-
-
-def caption_hook(shuffle: bool, keep_tokens: int, separator: str, tag_dropout: float,
-                 caption_dropout: float) -> CaptionHook:
-    """``process_caption`` with these options bound (picklable, for loader workers)."""
-    return functools.partial(process_caption, shuffle=shuffle, keep_tokens=keep_tokens, separator=separator,
-                             tag_dropout=tag_dropout, caption_dropout=caption_dropout)
-
-
 # ---------------------------------------------------------------- images
 
 
@@ -276,8 +248,8 @@ def crop_box(resized: tuple[int, int], bucket: tuple[int, int], random_crop: boo
 
 
 def load_pixels(path: Path, resized: tuple[int, int], bucket: tuple[int, int], left: int, top: int,
-                flip: bool) -> torch.Tensor:
-    """Decode -> RGB -> resize -> crop -> flip -> float tensor (3, H, W) in [-1, 1]."""
+                flip: bool, jitter: ColorJitter | None = None) -> torch.Tensor:
+    """Decode -> RGB -> resize -> crop -> flip -> colour jitter -> float tensor (3, H, W) in [-1, 1]."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -293,6 +265,8 @@ def load_pixels(path: Path, resized: tuple[int, int], bucket: tuple[int, int], l
         im = im.crop((left, top, left + bucket[0], top + bucket[1]))
         if flip:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if jitter is not None:
+            im = apply_color_jitter(im, jitter)
         data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
     pixels = data.view(bucket[1], bucket[0], 3).permute(2, 0, 1)
     return pixels.float().div_(127.5).sub_(1.0)
@@ -311,29 +285,33 @@ class TrainingImages(torch.utils.data.Dataset):
     """Map-style dataset indexed by ``Sample``: returns pixels (or a cached latent) with its conditioning."""
 
     def __init__(self, items: list[ImageItem], placement: list[tuple[tuple[int, int], tuple[int, int]]], *,
-                 seed: int, random_crop: bool, flip: bool, caption_transform: CaptionHook,
+                 seed: int, random_crop: bool, flip: bool, captions: CaptionPipeline,
+                 no_flip: list[bool] | None = None, color_jitter: float = 0.0, hue_jitter: float = 0.0,
                  latents: LatentStore | None = None, masks: list[Path] | None = None, alpha_masks: bool = False):
         self.items, self.placement, self.seed = items, placement, seed
-        self.random_crop, self.flip, self.caption_transform = random_crop, flip, caption_transform
+        self.random_crop, self.flip, self.captions = random_crop, flip, captions
+        self.no_flip = no_flip or [False] * len(items)
+        self.color_jitter, self.hue_jitter = color_jitter, hue_jitter
         self.latents = latents
         self.masks, self.alpha_masks = masks, alpha_masks  # mask file per item (training.masks), or None
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def choices(self, sample: Sample) -> tuple[int, int, bool, random.Random]:
-        """The random choices of one sample (crop, flip) and the rng left for its caption."""
+    def choices(self, sample: Sample) -> tuple[int, int, bool, ColorJitter | None, random.Random]:
+        """The random choices of one sample (crop, flip, colour jitter) and the rng left for its caption."""
         rng = random.Random(seed_for(self.seed, sample.epoch, sample.position))
         bucket, resized = self.placement[sample.item]
         left, top = crop_box(resized, bucket, self.random_crop, rng)
-        flip = self.flip and rng.random() < 0.5
-        return left, top, flip, rng
+        flip = self.flip and rng.random() < 0.5 and not self.no_flip[sample.item]
+        jitter = draw_color_jitter(rng, self.color_jitter, self.hue_jitter)
+        return left, top, flip, jitter, rng
 
     def __getitem__(self, sample: Sample) -> dict:
         item = self.items[sample.item]
         bucket, resized = self.placement[sample.item]
-        left, top, flip, rng = self.choices(sample)
-        out = {"caption": self.caption_transform(item.caption, rng),
+        left, top, flip, jitter, rng = self.choices(sample)
+        out = {"caption": self.captions(sample.item, sample.epoch, rng),
                "original_size": (item.height, item.width),
                # SDXL conditions on the crop in the resized image; mirrored when the crop is flipped
                "crop_top_left": (top, resized[0] - left - bucket[0] if flip else left),
@@ -345,7 +323,7 @@ class TrainingImages(torch.utils.data.Dataset):
             out["latents"] = self.latents.get(latent_key(self.latents.digests[sample.item], bucket, left, top, flip))
         else:
             try:
-                out["pixels"] = load_pixels(item.path, resized, bucket, left, top, flip)
+                out["pixels"] = load_pixels(item.path, resized, bucket, left, top, flip, jitter)
             except Exception as exc:
                 raise DataError(f"{item.path}: could not be read during training ({type(exc).__name__}: {exc}); "
                                 "it changed since the scan: restore it, or remove it and resume") from None
@@ -420,7 +398,7 @@ def fill_latent_cache(dataset: TrainingImages, store: LatentStore, encode: Calla
     for index, item in enumerate(dataset.items):
         bucket, resized = dataset.placement[index]
         left, top = crop_box(resized, bucket, False, random.Random(0))
-        for flipped in ((False, True) if flip else (False,)):
+        for flipped in ((False, True) if flip and not dataset.no_flip[index] else (False,)):
             key = latent_key(store.digests[index], bucket, left, top, flipped)
             if not store.has(key):
                 todo.append((key, item.path, resized, bucket, left, top, flipped))
@@ -446,17 +424,45 @@ class TrainingData:
     num_workers: int = 0
     world_size: int = 1
     rank: int = 0
+    persistent_workers: bool = False
+    _persistent: tuple[torch.utils.data.DataLoader, EpochBatches] | None = field(default=None, init=False, repr=False)
 
     def batches(self, epoch: int) -> list[list[Sample]]:
         return plan_epoch([b for b, _ in self.dataset.placement], self.repeats, self.batch_size, self.seed, epoch,
                           self.world_size, self.rank)
 
     def loader(self, batches: list[list[Sample]]) -> torch.utils.data.DataLoader:
-        """Loads exactly these batches, in this order (workers prefetch; order is kept)."""
+        """Loads exactly these batches, in this order (workers prefetch; order is kept).
+
+        With persistent workers one loader serves every epoch: its batch list is swapped, its worker processes
+        stay (a sample's content never depends on which process loads it).
+        """
+        if self.persistent_workers and self.num_workers:
+            if self._persistent is None:
+                plan = EpochBatches()
+                self._persistent = (torch.utils.data.DataLoader(
+                    self.dataset, batch_sampler=plan, collate_fn=collate_samples, num_workers=self.num_workers,
+                    persistent_workers=True, prefetch_factor=4), plan)
+            loader, plan = self._persistent
+            plan.batches = batches
+            return loader
         workers = min(self.num_workers, len(batches))
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate_samples,
                                            num_workers=workers, persistent_workers=False,
                                            prefetch_factor=4 if workers else None)
+
+
+class EpochBatches:
+    """A batch sampler whose batches the trainer replaces each epoch (for a loader that outlives one epoch)."""
+
+    def __init__(self):
+        self.batches: list[list[Sample]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def find_masks(items: list[ImageItem], root: Path, source: str, folder: str) -> list[Path] | None:
@@ -474,8 +480,9 @@ def find_masks(items: list[ImageItem], root: Path, source: str, folder: str) -> 
 def build_training_data(cfg: DataConfig, root: Path, *, batch_size: int, seed: int, world_size: int = 1,
                         rank: int = 0, cache_folder: Path | None = None,
                         encode: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-                        show_progress: bool = True) -> TrainingData:
-    """Scan ``root``, assign buckets, and (when ``cfg.cache_latents`` is on) encode latents with ``encode``."""
+                        show_progress: bool = True, captions: CaptionConfig | None = None) -> TrainingData:
+    """Scan ``root``, assign buckets, set up the per-step captions (``captions``, default: as written), and
+    (when ``cfg.cache_latents`` is on) encode latents with ``encode``."""
     items, report = scan_dataset(root, caption_extension=cfg.caption_extension, default_repeats=cfg.repeats,
                                  on_bad_data=cfg.on_bad_data)
     placement = assign_buckets(items, resolution=cfg.resolution, enable_buckets=cfg.enable_buckets,
@@ -484,16 +491,25 @@ def build_training_data(cfg: DataConfig, root: Path, *, batch_size: int, seed: i
     for (bucket, _), item in zip(placement, items, strict=True):
         name = f"{bucket[0]}x{bucket[1]}"
         report.buckets[name] = report.buckets.get(name, 0) + item.repeats
-    hook = caption_hook(cfg.shuffle_caption, cfg.keep_tokens, cfg.caption_separator, cfg.tag_dropout,
-                        cfg.caption_dropout)
+    captions = captions or CaptionConfig()
+    try:
+        pipeline = build_caption_pipeline(captions, [i.path for i in items], [i.caption for i in items],
+                                          show_progress)
+    except (CaptionError, ImplicationError) as exc:  # a damaged .captions.json or implications file
+        raise DataError(str(exc)) from None
+    no_flip = no_flip_images(pipeline.sources, cfg.no_flip_tags, captions.caption_separator)
     dataset = TrainingImages(items, placement, seed=seed, random_crop=cfg.random_crop, flip=cfg.flip,
-                             caption_transform=hook, masks=find_masks(items, root, cfg.masks, cfg.mask_folder),
+                             captions=pipeline, no_flip=no_flip, color_jitter=cfg.color_jitter,
+                             hue_jitter=cfg.hue_jitter, masks=find_masks(items, root, cfg.masks, cfg.mask_folder),
                              alpha_masks=cfg.masks == "alpha")
     if cfg.cache_latents != "off":
         if encode is None:
             raise ValueError("cache_latents needs an encode function")
+        if cfg.color_jitter or cfg.hue_jitter:
+            raise DataError("a cached latent has fixed colours: turn off color_jitter and hue_jitter, or the "
+                            "latent cache")
         store = LatentStore([file_digest(i.path) for i in items], cache_folder if cfg.cache_latents == "disk" else None)
         fill_latent_cache(dataset, store, encode, cfg.flip, show_progress)
         dataset.latents = store
     return TrainingData(dataset, report, [i.repeats for i in items], batch_size, seed, cfg.num_workers,
-                        world_size, rank)
+                        world_size, rank, cfg.persistent_workers)

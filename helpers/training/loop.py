@@ -86,7 +86,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                              prediction=None if cfg.model.prediction == "auto" else cfg.model.prediction,
                              allow_pickle=cfg.model.allow_pickle)
     check_model_settings(bundle.arch, p.vae_precision)
-    family = model_family(bundle.arch)
+    family = model_family(bundle.arch, max_tokens=cfg.captions.max_token_length, clip_skip=cfg.captions.clip_skip)
     alphas_cumprod = noise_schedule(bundle.noise_scheduler.alphas_cumprod, cfg.objective.zero_terminal_snr,
                                     bundle.prediction, monitor).to(device)
     # 2. Choose what trains (text encoders with LR 0 stay frozen) and place every model
@@ -314,7 +314,7 @@ def build_stage_data(cfg, root: Path, accelerator, monitor, *, cache_folder, enc
             data = build_training_data(dataclasses.replace(cfg.data, resolution=resolution), root,
                                        batch_size=cfg.batch_size, seed=cfg.seed, world_size=accelerator.num_processes,
                                        rank=accelerator.process_index, cache_folder=cache_folder, encode=encode,
-                                       show_progress=monitor.show_bar)
+                                       show_progress=monitor.show_bar, captions=cfg.captions)
             monitor.event("data", resolution=resolution, report=data.report.to_dict(), summary=data.report.summary())
             built[resolution] = data
     return [built[stage.resolution or cfg.data.resolution] for stage in stages]
