@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from helpers.captioning import booru, captioners, curation, sidecar, wd_tagger
+from helpers.captioning import booru, captioners, curation, sidecar, triggers, wd_tagger
 from helpers.captioning.sidecar import RenderConfig
 from helpers.config import option
 from helpers.dataset.caption_files import CaptionError, format_preview, read_caption
 from helpers.dataset.files import list_images
+from helpers.dataset.report import advice_dir
 from helpers.workspace import Workspace
 
 
@@ -190,3 +191,25 @@ def tag_chart(folder: Path | None, top: int = 30):
         return None
     return curation.frequency_chart(freqs, top=top, title=f"{folder.name}: {len(freqs)} distinct tags")
 
+
+
+def default_trigger_config(ws: Workspace, words: list[str] | None = None) -> triggers.TriggerCheckConfig:
+    """Trigger-check settings with the workspace's first base model (a folder or file with a model.json, or a
+    diffusers folder) preselected."""
+    names = [p.name for p in sorted(ws.models.iterdir()) if (p / "model.json").is_file()
+             or (p / "model_index.json").is_file()] if ws.models.is_dir() else []
+    return triggers.TriggerCheckConfig(triggers=list(words or []), model=names[0] if names else "")
+
+
+def check_triggers(ws: Workspace, folder: Path | None, cfg: triggers.TriggerCheckConfig):
+    """The trigger verdicts for ``folder``'s training captions, printed; saved to the dataset's advice folder."""
+    if folder is None:
+        return None
+    try:
+        reports, path = triggers.run_trigger_check(folder, cfg, ws.models, advice_dir(ws.cache, folder))
+    except ValueError as exc:  # no trigger, a trigger too long, no model / model not found (CheckpointError)
+        print(f"trigger check not run: {exc}")
+        return None
+    print(triggers.format_trigger_reports(reports))
+    print(f"saved: {path}")
+    return reports
