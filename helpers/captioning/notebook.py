@@ -16,6 +16,7 @@ from helpers.config import option
 from helpers.dataset.caption_files import CaptionError, format_preview, read_caption
 from helpers.dataset.files import list_images
 from helpers.dataset.report import advice_dir
+from helpers.models.encoders import is_image_text_encoder
 from helpers.workspace import Workspace
 
 
@@ -72,7 +73,7 @@ def default_tagger_config(ws: Workspace) -> wd_tagger.TaggerConfig:
 def local_captioners(models_dir: Path) -> list[str]:
     found = []
     for p in sorted(models_dir.iterdir()) if models_dir.is_dir() else []:
-        if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
+        if (p / "config.json").is_file() and any(p.glob("*.safetensors")) and not is_image_text_encoder(p):
             try:
                 captioners.resolve_captioner(str(p))
             except captioners.CaptionerError:
@@ -193,12 +194,19 @@ def tag_chart(folder: Path | None, top: int = 30):
 
 
 
-def default_trigger_config(ws: Workspace, words: list[str] | None = None) -> triggers.TriggerCheckConfig:
-    """Trigger-check settings with the workspace's first base model (a folder or file with a model.json, or a
-    diffusers folder) preselected."""
+def default_trigger_config(ws: Workspace, folder: Path | None = None) -> triggers.TriggerCheckConfig:
+    """The last trigger check of ``folder`` (its ``triggers.json``), else the workspace's first base model (a
+    folder with a model.json or a diffusers model_index.json) and no trigger yet."""
+    import json
+
+    saved = advice_dir(ws.cache, folder) / "triggers.json" if folder is not None else None
+    if saved is not None and saved.is_file():
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        return triggers.TriggerCheckConfig(triggers=data["checked"], known=data["known"], model=data["model"],
+                                           max_tokens=data["max_tokens"])
     names = [p.name for p in sorted(ws.models.iterdir()) if (p / "model.json").is_file()
              or (p / "model_index.json").is_file()] if ws.models.is_dir() else []
-    return triggers.TriggerCheckConfig(triggers=list(words or []), model=names[0] if names else "")
+    return triggers.TriggerCheckConfig(model=names[0] if names else "")
 
 
 def check_triggers(ws: Workspace, folder: Path | None, cfg: triggers.TriggerCheckConfig):

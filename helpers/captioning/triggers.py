@@ -291,5 +291,6 @@ def run_trigger_check(folder: str | os.PathLike, cfg: TriggerCheckConfig, models
     path = None
     if out_dir is not None:
         path = write_text_atomic(Path(out_dir) / "triggers.json", json.dumps(
-            {"model": cfg.model, "max_tokens": cfg.max_tokens, "triggers": [r.to_dict() for r in reports]}, indent=1))
+            {"model": cfg.model, "max_tokens": cfg.max_tokens, "checked": list(cfg.triggers), "known": list(cfg.known),
+             "triggers": [r.to_dict() for r in reports]}, indent=1))
     return reports, path

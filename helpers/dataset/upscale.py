@@ -32,7 +32,7 @@ from PIL import Image
 from helpers.changes import ChangeLog, common_root, unique_path
 from helpers.config import option
 from helpers.dataset.embeddings import open_training_image
-from helpers.dataset.files import dataset_entries, read_image_size, sidecar_files
+from helpers.dataset.files import dataset_entries, is_image_name, read_image_size, sidecar_files
 from helpers.dataset.fix import SAVE_FORMATS
 from helpers.models.upscalers import DEFAULT_UPSCALER, Upscaler, upscale_image
 
@@ -144,12 +144,18 @@ def _replace(log: ChangeLog, item: UpscaleItem, image: Image.Image, output_forma
     """Write the upscaled image (original backed up), and move the companions when the name changes."""
     new = _new_path(item.path, output_format)
     companions = sidecar_files(item.path)
+    # another image with the same stem shares the stem-named companions: copy those, never take them away
+    shared = any(p != item.path and p.stem == item.path.stem for p in item.path.parent.iterdir() if is_image_name(p.name))
     log.write(new, encode_image(image, new.suffix))
     if new != item.path:
         log.remove(item.path)
         for companion in companions:
             moved = _companion_name(companion, item.path, new)
-            if moved != companion:
+            if moved == companion:
+                continue
+            if shared and not companion.name.startswith(item.path.name):
+                log.write(moved, companion.read_bytes())
+            else:
                 log.rename(companion, moved)
     return new
 

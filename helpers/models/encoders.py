@@ -137,6 +137,15 @@ def is_encoder_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
+def is_image_text_encoder(folder: Path) -> bool:
+    """A model folder whose config names an encoder kind this module loads (not a captioner or a tagger)."""
+    try:
+        kind = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return kind in _FAMILIES
+
+
 def fetch_encoder(name_or_path: str, models_dir: str | os.PathLike, *, revision: str | None = None,
                   endpoint: str | None = None) -> Path:
     """The local folder of an encoder: a folder as is (a path, or a folder name in ``models_dir``), else the Hub
