@@ -348,8 +348,8 @@ def composition_chart(result: Composition) -> Image.Image:
     bal = balance(counts, result.over_factor)
     flagged = set(bal["missing"]) | set(bal["over"]) | set(bal["under"])
     colours = ["#dd8452" if k in flagged else "#4c72b0" for k in counts]
-    return bar_chart(list(counts), list(counts.values()), title=f"{result.folder.name}: images per category "
-                     f"(shaded: mostly balanced, {bal['band'][0]:g}-{bal['band'][1]:g})", ylabel="images",
+    return bar_chart(list(counts), list(counts.values()), title=f"{result.folder.name}: images per category (shaded: mostly balanced)",
+                     ylabel="images",
                      horizontal=True, band=tuple(bal["band"]), line=bal["mean"], colours=colours)
 
 
