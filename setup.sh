@@ -107,6 +107,18 @@ if "$vpy" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
   "${pip[@]}" uninstall -q -y onnxruntime || true
   "${pip[@]}" install -q -c "$constraints" "$ort_gpu" || die "installing $ort_gpu failed; the tagger will say what to do."
 fi
+# spandrel (more upscaler architectures) only where torchvision already imports: see requirements-gpu.txt.
+if "$vpy" -c 'import torchvision' >/dev/null 2>&1; then
+  gpu_stamp="$(stamp_of requirements-gpu.txt)"
+  if [ ! -f "$gpu_stamp" ] || [ "${TUNEBOOK_FORCE_INSTALL:-0}" = 1 ]; then
+    say "torchvision imports: installing requirements-gpu.txt (spandrel upscaler architectures)"
+    "${pip[@]}" install -q -c "$constraints" -r requirements-gpu.txt \
+      && "$vpy" -c 'import spandrel' && touch "$gpu_stamp" \
+      || say "spandrel not installed (upscaling still works with tunebook's own ESRGAN loaders)"
+  fi
+else
+  say "no importable torchvision: spandrel skipped (tunebook's own ESRGAN / Real-ESRGAN loaders are used)"
+fi
 "$vpy" -c "import torch; assert torch.__version__ == '$torch_version'" \
   || die "torch changed during install (expected $torch_version). Report this: a dependency asked for another torch."
 

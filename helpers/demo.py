@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from helpers.captioning import demo as captioning_demo
+from helpers.dataset import demo as dataset_demo
 from helpers.download import demo as download_demo
 from helpers.lora import demo as lora_demo
 from helpers.models import demo as models_demo
@@ -23,8 +24,10 @@ STAGES: list[tuple[str, Callable]] = [
     ("base model", models_demo.prepare_base_model),
     ("models", models_demo.run_demo),
     ("dataset in", download_demo.run_demo),
+    ("dataset advice", dataset_demo.advice_step),
     ("captions from filenames", captioning_demo.captions_from_filenames_step),
     ("captioning", captioning_demo.run_demo),
+    ("trigger words", captioning_demo.trigger_check_step),
     ("training", training_demo.run_demo),
     ("lora", lora_demo.run_demo),
 ]

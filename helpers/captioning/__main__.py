@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from helpers.captioning import booru, captioners, curation, sidecar, wd_tagger
+from helpers.captioning import booru, captioners, curation, sidecar, triggers, wd_tagger
 from helpers.captioning.sidecar import RenderConfig
 from helpers.dataset.caption_files import format_preview
 from helpers.dataset.files import list_images
@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show the .txt changes, write nothing")
     add_render_args(p)
 
+    p = sub.add_parser("triggers", help="check trigger words with the base model's own tokenizers and embeddings")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--trigger", action="append", default=[], required=True, help="a trigger word (repeatable)")
+    p.add_argument("--known", action="append", default=[], help="the known token paired with each --trigger, in order")
+    p.add_argument("--model", required=True, help="base model: a workspace model name, a path or a Hub repo id")
+    p.add_argument("--max-tokens", type=int, default=75, choices=[75, 150, 225])
+
     p = sub.add_parser("render", help="(re)write every .txt from the caption records")
     p.add_argument("folder", type=Path)
     p.add_argument("--dry-run", action="store_true")
@@ -133,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    if args.cmd in ("tag", "caption", "booru", "curate", "render", "tags") and not args.folder.is_dir():
+    if args.cmd in ("tag", "caption", "booru", "curate", "render", "tags", "triggers") and not args.folder.is_dir():
         raise FileNotFoundError(f"{args.folder}: no such dataset folder")
     if args.cmd == "tag":
         cfg = wd_tagger.TaggerConfig(model=args.model, general_threshold=args.general_threshold,
@@ -181,6 +188,13 @@ def run(args) -> int:
         if args.chart:
             curation.frequency_chart(freqs, top=min(args.top, 40)).save(args.chart)
             print(f"chart: {args.chart}")
+    elif args.cmd == "triggers":
+        ws = Workspace.open(args.workspace) if args.workspace else Workspace.open()
+        cfg = triggers.TriggerCheckConfig(triggers=args.trigger, known=args.known, model=args.model,
+                                          max_tokens=args.max_tokens)
+        reports, _ = triggers.run_trigger_check(args.folder, cfg, ws.models)
+        print(json.dumps([r.to_dict() for r in reports], indent=1) if args.json
+              else triggers.format_trigger_reports(reports))
     elif args.cmd == "undo":
         for result in sidecar.undo_edit(args.backup_dirs, force=args.force):
             print(f"restored {len(result.restored)}, removed {len(result.removed)}, conflicts {len(result.conflicts)}")

@@ -1,5 +1,5 @@
-"""The demo's caption steps: captions from the demo images' filenames (notebook 02), then the tiny offline
-tagger's tags rendered into the ``.txt`` files (notebook 03)."""
+"""The demo's caption steps: captions from the demo images' filenames (notebook 02), the tiny offline tagger's tags
+rendered into the ``.txt`` files (notebook 03), then the trigger-word check with the tiny base model."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from helpers.captioning.curation import frequency_chart, tag_frequencies
 from helpers.captioning.filenames import captions_from_filenames
 from helpers.captioning.sidecar import RenderConfig, load_records
 from helpers.captioning.tiny_tagger import build_tiny_tagger
+from helpers.captioning.triggers import TriggerCheckConfig, format_trigger_reports, run_trigger_check
 from helpers.captioning.wd_tagger import TaggerConfig, is_tagger_folder, tag_dataset
 from helpers.dataset.caption_files import write_captions
 from helpers.dataset.demo import make_demo_dataset
 from helpers.dataset.files import list_images
+from helpers.dataset.report import advice_dir
 from helpers.workspace import Workspace
 
 TINY_TAGGER_NAME = "tiny-tagger"
@@ -53,3 +55,19 @@ def run_demo(ws: Workspace) -> dict[str, str]:
     if report.edit is not None and report.edit.backup_dirs:
         out["undo with"] = "python -m helpers.captioning undo " + " ".join(str(d) for d in report.edit.backup_dirs)
     return out
+
+
+def trigger_check_step(ws: Workspace) -> dict[str, str]:
+    """Check two triggers on the demo captions with the tiny SDXL base model's tokenizers: "circle" (a word the
+    captions use) and "zkps" (in none of them), so both kinds of verdict show."""
+    folder = ws.dataset("demo")
+    if not folder.is_dir() or not list_images(folder):
+        captions_from_filenames_step(ws)
+    if not (ws.models / "tiny-sdxl").exists():  # this step run on its own: the base model step did not run
+        from helpers.models.tiny import save_tiny_model
+
+        save_tiny_model(ws.model("tiny-sdxl"), "sdxl")
+    cfg = TriggerCheckConfig(triggers=["circle", "zkps"], known=["red"], model="tiny-sdxl")
+    reports, path = run_trigger_check(folder, cfg, ws.models, advice_dir(ws.cache, folder))
+    return {"trigger check": "; ".join(f"{r.trigger} {r.verdict}" for r in reports) + f" ({path})",
+            "trigger verdicts": format_trigger_reports(reports).splitlines()[0]}

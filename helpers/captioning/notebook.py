@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from helpers.captioning import booru, captioners, curation, sidecar, wd_tagger
+from helpers.captioning import booru, captioners, curation, sidecar, triggers, wd_tagger
 from helpers.captioning.sidecar import RenderConfig
 from helpers.config import option
 from helpers.dataset.caption_files import CaptionError, format_preview, read_caption
 from helpers.dataset.files import list_images
+from helpers.dataset.report import advice_dir
+from helpers.models.encoders import is_image_text_encoder
 from helpers.workspace import Workspace
 
 
@@ -71,7 +73,7 @@ def default_tagger_config(ws: Workspace) -> wd_tagger.TaggerConfig:
 def local_captioners(models_dir: Path) -> list[str]:
     found = []
     for p in sorted(models_dir.iterdir()) if models_dir.is_dir() else []:
-        if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
+        if (p / "config.json").is_file() and any(p.glob("*.safetensors")) and not is_image_text_encoder(p):
             try:
                 captioners.resolve_captioner(str(p))
             except captioners.CaptionerError:
@@ -190,3 +192,32 @@ def tag_chart(folder: Path | None, top: int = 30):
         return None
     return curation.frequency_chart(freqs, top=top, title=f"{folder.name}: {len(freqs)} distinct tags")
 
+
+
+def default_trigger_config(ws: Workspace, folder: Path | None = None) -> triggers.TriggerCheckConfig:
+    """The last trigger check of ``folder`` (its ``triggers.json``), else the workspace's first base model (a
+    folder with a model.json or a diffusers model_index.json) and no trigger yet."""
+    import json
+
+    saved = advice_dir(ws.cache, folder) / "triggers.json" if folder is not None else None
+    if saved is not None and saved.is_file():
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        return triggers.TriggerCheckConfig(triggers=data["checked"], known=data["known"], model=data["model"],
+                                           max_tokens=data["max_tokens"])
+    names = [p.name for p in sorted(ws.models.iterdir()) if (p / "model.json").is_file()
+             or (p / "model_index.json").is_file()] if ws.models.is_dir() else []
+    return triggers.TriggerCheckConfig(model=names[0] if names else "")
+
+
+def check_triggers(ws: Workspace, folder: Path | None, cfg: triggers.TriggerCheckConfig):
+    """The trigger verdicts for ``folder``'s training captions, printed; saved to the dataset's advice folder."""
+    if folder is None:
+        return None
+    try:
+        reports, path = triggers.run_trigger_check(folder, cfg, ws.models, advice_dir(ws.cache, folder))
+    except ValueError as exc:  # no trigger, a trigger too long, no model / model not found (CheckpointError)
+        print(f"trigger check not run: {exc}")
+        return None
+    print(triggers.format_trigger_reports(reports))
+    print(f"saved: {path}")
+    return reports

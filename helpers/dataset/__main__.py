@@ -1,6 +1,6 @@
-"""Command line: ``python -m helpers.dataset check DIR [--json] [--fix] [--reject] [--sheets DIR]``,
-``layout DIR --repeats N --name X``, ``demo DIR``. Exit 0 when the command ran (whatever the check found),
-2 for bad input."""
+"""Command line: ``python -m helpers.dataset check DIR [--json] [--fix] [--reject] [--sheets DIR] [--composition]``,
+``composition DIR``, ``upscale DIR [--apply]``, ``layout DIR --repeats N --name X``, ``demo DIR``. Exit 0 when the
+command ran (whatever the check found), 2 for bad input."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from helpers.dataset import advice
 from helpers.dataset.check import DEFAULT_MIN_SIDE, check_dataset
 from helpers.dataset.demo import make_demo_dataset
 from helpers.dataset.files import DEFAULT_MAX_PIXELS
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_check = sub.add_parser("check", help="check every file; exit 0 when the check ran, whatever it found")
     p_check.add_argument("folder", type=Path)
+    p_check.add_argument("--workspace", help="workspace whose models/ and cache/ the composition uses")
     p_check.add_argument("--json", action="store_true", help="print every file with its status and reason as JSON")
     p_check.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE, help="reject images with a shorter side")
     p_check.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--reject", action="store_true", help="move rejected files to _rejected/ (never deleted)")
     p_check.add_argument("--background", default="white", help="colour transparency is flattened on")
     p_check.add_argument("--sheets", type=Path, help="write problem/duplicate contact sheets and charts here")
+    p_check.add_argument("--composition", action="store_true", help="add the composition numbers (default encoder "
+                         "and categories; see the composition command) to the report")
+    advice.add_commands(sub)
     p_layout = sub.add_parser("layout", help="move a flat folder's images into a kohya N_name subfolder")
     p_layout.add_argument("folder", type=Path)
     p_layout.add_argument("--repeats", type=int, required=True)
@@ -54,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "layout":
             print(layout_repeat_folder(args.folder, args.repeats, args.name))
             return 0
+        if args.cmd in ("composition", "upscale"):
+            return advice.run_command(args)
         return run_check(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, *advice.ADVICE_ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -85,6 +92,8 @@ def run_check(args: argparse.Namespace) -> int:
             if img is not None:
                 img.save(args.sheets / name)
                 actions.setdefault("pictures", []).append(str(args.sheets / name))
+    if args.composition:
+        report["composition"] = advice.composition_numbers(args.folder, args.workspace)
     if args.json:
         print(json.dumps({"report": report, "check": check.to_dict(), "actions": actions}, indent=1,
                          ensure_ascii=False))

@@ -1,4 +1,5 @@
-"""The synthetic demo dataset: coloured shapes whose filenames are their captions (with real-world numbering).
+"""The synthetic demo dataset: coloured shapes whose filenames are their captions (with real-world numbering),
+and the demo's dataset-advice step (composition with a tiny encoder, upscaling with a tiny upscaler).
 
 Used by ``python -m helpers demo`` (its "dataset in" step in ``helpers.download.demo``), the notebook harness
 and tests.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -77,3 +79,35 @@ def make_demo_dataset(folder: str | os.PathLike, n: int = 12, seed: int = 0) -> 
         os.replace(tmp, path)
     return folder
 
+
+
+TINY_ENCODER, TINY_UPSCALER = "tiny-clip", "tiny-upscaler/tiny-srvgg-x4.pth"
+
+
+def advice_step(ws) -> dict[str, str]:
+    """Composition of ``ws.dataset("demo")`` with a tiny CLIP, then the upscale step on a copy of it (so later
+    steps see the dataset as made) with a tiny SRVGGNetCompact; returns where the charts and sheets went."""
+    from helpers.dataset.advice import compose, upscale_dataset
+    from helpers.dataset.composition import CompositionConfig
+    from helpers.dataset.upscale import UpscaleConfig
+    from helpers.models.encoders import build_tiny_clip, is_encoder_folder
+    from helpers.models.upscalers import save_tiny_upscaler
+
+    folder = ws.dataset("demo")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        make_demo_dataset(folder)
+    if not is_encoder_folder(ws.models / TINY_ENCODER):
+        build_tiny_clip(ws.models / TINY_ENCODER)
+    if not (ws.models / TINY_UPSCALER).is_file():
+        save_tiny_upscaler(ws.models / TINY_UPSCALER, "srvgg")
+    result, written = compose(ws, folder, CompositionConfig(encoder=TINY_ENCODER, device="cpu"), progress=False)
+    copy = ws.cache / "dataset-advice" / "demo-upscale-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(".*"))
+    text, up_written = upscale_dataset(ws, copy, UpscaleConfig(model=TINY_UPSCALER, resolution=384, measure="area",
+                                                               device="cpu", apply=True), progress=False)
+    counts = result.counts
+    return {"composition": f"{len(result.paths)} images, {sum(1 for v in counts.values() if v)} of {len(counts)} "
+                           "categories present", **written,
+            "upscale (on a copy)": text.splitlines()[-2] if len(text.splitlines()) > 1 else text,
+            **{f"upscale {k}": v for k, v in up_written.items()}}

@@ -30,7 +30,7 @@ class CleanResult:
     backup_dir: Path | None = None
 
 
-_SAVE_FORMATS = {".jpg": ("JPEG", {"quality": 95, "subsampling": 0}), ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
+SAVE_FORMATS = {".jpg": ("JPEG", {"quality": 95, "subsampling": 0}), ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
                  ".png": ("PNG", {"optimize": False}), ".webp": ("WEBP", {"quality": 95, "method": 4}),
                  ".bmp": ("BMP", {}), ".avif": ("AVIF", {"quality": 90})}
 
@@ -86,8 +86,8 @@ def _fix_one(check: FileCheck, log: ChangeLog, background: tuple[int, int, int])
             log.rename(path, target)
             return target
     ext = path.suffix.lower()
-    target = path if ext in _SAVE_FORMATS else unique_path(path.with_suffix(".png"))
-    fmt, kwargs = _SAVE_FORMATS[target.suffix.lower()]
+    target = path if ext in SAVE_FORMATS else unique_path(path.with_suffix(".png"))
+    fmt, kwargs = SAVE_FORMATS[target.suffix.lower()]
     with Image.open(path) as img:
         rgb = convert_to_rgb(img, background)
         icc = img.info.get("icc_profile") if img.mode not in ("CMYK",) else None

@@ -1,4 +1,5 @@
-"""What notebook 01's dataset-check cells call: the check form's config, run / show / clean with plain messages."""
+"""What notebook 01's dataset cells call: the check form's config, run / show / clean with plain messages, and the
+advice steps (composition, upscaling) from ``helpers.dataset.advice``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from pathlib import Path
 from typing import ClassVar
 
 from helpers.config import option
+from helpers.dataset.advice import (  # noqa: F401  (notebook 01 reaches the advice steps through this module)
+    default_composition_config,
+    default_upscale_config,
+    run_composition,
+    run_upscale,
+    show_composition,
+)
 from helpers.dataset.check import DEFAULT_MIN_SIDE, DatasetCheck, check_dataset
+from helpers.dataset.composition import CompositionConfig, preset_lines  # noqa: F401
 from helpers.dataset.files import DEFAULT_MAX_PIXELS, list_dataset_files
 from helpers.dataset.fix import fix_images, parse_colour, reject_files
 from helpers.dataset.report import (
@@ -19,6 +28,7 @@ from helpers.dataset.report import (
     problems_sheet,
     resolution_histogram,
 )
+from helpers.dataset.upscale import UpscaleConfig  # noqa: F401
 
 
 @dataclass

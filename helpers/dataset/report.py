@@ -6,14 +6,36 @@ uses); the sheets and charts are PIL images for notebooks and the CLI's ``--shee
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from helpers.changes import write_text_atomic
 from helpers.dataset.buckets import make_buckets, select_bucket
 from helpers.dataset.check import DatasetCheck
 from helpers.dataset.files import is_skipped_folder, list_images, parse_repeat_folder
+
+REPORT_NAME = ".tunebook_report.json"  # the dataset report JSON, hidden inside the dataset folder
+ADVICE_DIRNAME = "dataset-advice"
+
+
+def update_report_file(folder: Path, section: str, data: dict[str, object]) -> Path:
+    """Put ``data`` under ``section`` in ``folder``'s report JSON (other sections kept; a damaged file replaced)."""
+    path = Path(folder) / REPORT_NAME
+    try:
+        current = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        current = {}
+    current = current if isinstance(current, dict) else {}
+    current[section] = data
+    return write_text_atomic(path, json.dumps(current, indent=1, ensure_ascii=False))
+
+
+def advice_dir(cache_dir: Path, folder: Path) -> Path:
+    """Where the charts and sheets of a dataset's advice go: ``<workspace cache>/dataset-advice/<dataset>/``."""
+    return Path(cache_dir) / ADVICE_DIRNAME / Path(folder).name
 
 
 def find_repeat_folders(folder: Path) -> list[dict[str, object]]:

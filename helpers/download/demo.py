@@ -12,10 +12,8 @@ from helpers.changes import write_text_atomic
 from helpers.dataset.check import check_dataset
 from helpers.dataset.demo import make_demo_dataset
 from helpers.dataset.files import list_images
-from helpers.dataset.report import dataset_report
+from helpers.dataset.report import REPORT_NAME, dataset_report
 from helpers.download.datasets import download_dataset
-
-REPORT_NAME = ".tunebook_report.json"
 
 
 def run_demo(ws) -> dict[str, str]:

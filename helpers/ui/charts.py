@@ -48,18 +48,25 @@ def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str = ""
 
 
 def bar_chart(labels: Sequence[str], values: Sequence[float], title: str = "", xlabel: str = "",
-              ylabel: str = "", horizontal: bool | None = None) -> Image.Image:
-    """Bars with their labels; long label lists are drawn horizontally so names stay readable."""
+              ylabel: str = "", horizontal: bool | None = None, band: tuple[float, float] | None = None,
+              line: float | None = None, colours: Sequence[str] | None = None) -> Image.Image:
+    """Bars with their labels; long label lists are drawn horizontally so names stay readable. ``band`` shades a
+    value range (a target), ``line`` marks one value (a mean), ``colours`` sets each bar's colour."""
     horizontal = len(labels) > 12 if horizontal is None else horizontal
     height = max(3.0, 0.22 * len(labels) + 1.2) if horizontal else 3.6
     fig, ax = _figure(7.5, min(height, 40.0))
+    colour = list(colours) if colours else "#4c72b0"
+    if band is not None:
+        (ax.axvspan if horizontal else ax.axhspan)(*band, color="#55a868", alpha=0.15, zorder=0)
+    if line is not None:
+        (ax.axvline if horizontal else ax.axhline)(line, color="#55a868", linestyle="--", linewidth=1)
     if horizontal:
-        ax.barh(range(len(values)), values, color="#4c72b0")
+        ax.barh(range(len(values)), values, color=colour)
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set(title=title, xlabel=ylabel or xlabel)
     else:
-        ax.bar(range(len(values)), values, color="#4c72b0")
+        ax.bar(range(len(values)), values, color=colour)
         ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 5 else 0, ha="right", fontsize=8)
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3, axis="x" if horizontal else "y")
