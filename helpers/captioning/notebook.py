@@ -17,6 +17,7 @@ from helpers.dataset.caption_files import CaptionError, format_preview, read_cap
 from helpers.dataset.files import list_images
 from helpers.dataset.report import advice_dir
 from helpers.models.encoders import is_image_text_encoder
+from helpers.ui.errors import stage_failed
 from helpers.workspace import Workspace
 
 
@@ -104,7 +105,7 @@ def run_tagger(ws: Workspace, folder: Path | None, cfg: wd_tagger.TaggerConfig,
     try:
         report = wd_tagger.tag_dataset(folder, cfg, ws.models, render)
     except wd_tagger.TaggerError as exc:
-        print(f"Tagger not run: {exc}")
+        stage_failed(f"Tagger not run: {exc}")
         return None
     print(", ".join(f"{k}: {v}" for k, v in report.summary().items()))
     show_problems(report.problems)
@@ -120,7 +121,7 @@ def run_captioner(ws: Workspace, folder: Path | None, cfg: captioners.CaptionerC
         print(captioners.describe_vram(cfg.model, cfg.batch_size, cfg.dtype, cfg.device))
         report = captioners.caption_dataset(folder, cfg, ws.hf_cache, render)
     except captioners.CaptionerError as exc:
-        print(f"Captioner not run: {exc}")
+        stage_failed(f"Captioner not run: {exc}")
         return None
     print(", ".join(f"{k}: {v}" for k, v in report.summary().items()))
     show_problems(report.problems)
@@ -216,7 +217,7 @@ def check_triggers(ws: Workspace, folder: Path | None, cfg: triggers.TriggerChec
     try:
         reports, path = triggers.run_trigger_check(folder, cfg, ws.models, advice_dir(ws.cache, folder))
     except ValueError as exc:  # no trigger, a trigger too long, no model / model not found (CheckpointError)
-        print(f"trigger check not run: {exc}")
+        stage_failed(f"trigger check not run: {exc}")
         return None
     print(triggers.format_trigger_reports(reports))
     print(f"saved: {path}")

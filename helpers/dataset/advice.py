@@ -34,6 +34,7 @@ from helpers.dataset.upscale import (
 )
 from helpers.models.encoders import DEFAULT_ENCODER, EncoderError, is_encoder_folder, load_encoder
 from helpers.models.upscalers import DEFAULT_UPSCALER, UpscalerError, load_upscaler
+from helpers.ui.errors import stage_failed
 from helpers.workspace import Workspace
 
 ADVICE_ERRORS = (EncoderError, UpscalerError)  # a model that cannot be fetched or read
@@ -84,7 +85,7 @@ def run_composition(ws: Workspace, folder: Path, cfg: CompositionConfig) -> Comp
     try:
         result, written = compose(ws, folder, cfg)
     except (ValueError, *ADVICE_ERRORS) as exc:
-        print(f"composition not run: {exc}")
+        stage_failed(f"composition not run: {exc}")
         return None
     print(format_composition(result))
     for what, where in written.items():
@@ -165,7 +166,7 @@ def run_upscale(ws: Workspace, folder: Path, cfg: UpscaleConfig):
     try:
         text, written = upscale_dataset(ws, folder, cfg)
     except (ValueError, *ADVICE_ERRORS) as exc:
-        print(f"upscale not run: {exc}")
+        stage_failed(f"upscale not run: {exc}")
         return None
     print(text)
     for what, where in written.items():

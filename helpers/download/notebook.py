@@ -12,6 +12,7 @@ from helpers.config import option
 from helpers.download.datasets import DatasetDownload, download_dataset
 from helpers.download.model_store import download_model, list_stored_models
 from helpers.download.sources import DownloadError
+from helpers.ui.errors import stage_failed
 from helpers.workspace import name_problem
 
 
@@ -74,7 +75,7 @@ def fetch_dataset(cfg: DownloadConfig, ws) -> DatasetDownload | None:
                                username=cfg.username or None, password=cfg.password or None,
                                limit=cfg.limit or None, cache_dir=ws.cache / "downloads")
     except (DownloadError, FileNotFoundError, ValueError) as exc:
-        print(f"download failed: {exc}")
+        stage_failed(f"download failed: {exc}")
         return None
     print(f"{res.kind} -> {res.folder}: {res.new_files} new files, {res.reused_files} already there")
     for note in res.notes:
@@ -91,7 +92,7 @@ def fetch_model(cfg: ModelDownloadConfig, ws) -> dict[str, object] | None:
         record = download_model(cfg.source, ws.models, cfg.name, revision=cfg.revision or None,
                                 sha256=cfg.sha256 or None, allow_pickle=cfg.allow_pickle, cache_dir=ws.hf_cache)
     except (DownloadError, FileNotFoundError, ValueError) as exc:
-        print(f"model download failed: {exc}")
+        stage_failed(f"model download failed: {exc}")
         return None
     arch = record.get("architecture") or "not recognised"
     print(f"stored {cfg.name}: {arch} {record.get('prediction') or ''} ({record.get('kind')}, "
