@@ -192,6 +192,31 @@ def _check_03(ws, before):
         assert record["sources"].get("tags"), f"03's tagger skipped {name}"
 
 
+def _prepare_01(ws):
+    return {**_untouched("models").prepare(ws), "images": snapshot(ws.dataset("demo")),
+            "advice": snapshot(ws.cache / "dataset-advice" / "demo")}
+
+
+def _check_01(ws, before):
+    """No source given and nothing ticked: nothing downloaded, no image changed; the composition report written
+    (its JSON and chart, its section in the dataset report) and the upscale preview."""
+    _untouched("models").check(ws, before)
+    moved = changed(before["images"], snapshot(ws.dataset("demo")))
+    assert moved <= {".tunebook_report.json"}, f"01 changed dataset files although nothing was ticked: {moved}"
+    report = json.loads((ws.dataset("demo") / ".tunebook_report.json").read_text(encoding="utf-8"))
+    assert report.get("composition", {}).get("counts"), "01's composition is not in the dataset report"
+    advice = ws.cache / "dataset-advice" / "demo"
+    new = changed(before["advice"], snapshot(advice))
+    for name in ("composition.json", "composition.png", "upscale-preview.png"):
+        assert name in new, f"01 did not write {name} (wrote {sorted(new)})"
+
+
+def _check_triggers(ws, before):
+    triggers = ws.cache / "dataset-advice" / "demo" / "triggers.json"
+    assert triggers.exists(), "the trigger-word check wrote no triggers.json"
+    assert json.loads(triggers.read_text(encoding="utf-8")), "triggers.json is empty"
+
+
 def _prepare_04(ws):
     return {"runs": set(ws.list_runs())}
 
@@ -235,9 +260,9 @@ def _check_05(ws, before):
 
 OUTPUTS: dict[str, Outputs] = {
     "00_setup": _untouched("datasets", "models", "runs", "exports"),  # the default form: the workspace as it is
-    "01_download": _untouched("datasets", "models"),  # no source given, nothing ticked: check only
-    "02_captions_from_filenames": Outputs(_check_02, _prepare_02),
-    "03_caption_images": Outputs(_check_03),
+    "01_download": Outputs(_check_01, _prepare_01),  # no source given, nothing ticked: check and advice only
+    "02_captions_from_filenames": Outputs(lambda ws, b: (_check_02(ws, b), _check_triggers(ws, b)), _prepare_02),
+    "03_caption_images": Outputs(lambda ws, b: (_check_03(ws, b), _check_triggers(ws, b))),
     "04_train": Outputs(_check_04, _prepare_04),
     "05_extract_resize_lora": Outputs(_check_05, _prepare_05),
     # "06_evaluate": Outputs(<its evaluation report on disk>) -- added with notebook 06
