@@ -296,15 +296,14 @@ def open_generator(source: str | Path, *, loras: list[LoraSpec] = (), fused: boo
         load_for_generation,
         model_hash,
         native_size,
+        open_source,
         pick_dtypes,
     )
-    from helpers.models import open_checkpoint
-    from helpers.models.loader import resolve_source
 
     found = find_model_source(source, models_dir)
     target = pick_device(device)
     load_device = torch.device("cpu") if offload == "model" else target
-    with open_checkpoint(resolve_source(found.path), allow_pickle=found.allow_pickle) as ck:
+    with open_source(found) as ck:
         model_dtype, vae = pick_dtypes(target, ck.arch, dtype, vae_dtype)
         side = native_size(ck)
         need = estimate_memory(ck, target, model_dtype, vae, width or side, height or side, batch_size,

@@ -48,8 +48,8 @@ def training_captions(dataset: str | Path, limit: int, side: int, multiple: int)
     images = [p for p in list_images(dataset) if (read_caption(p) or "").strip()]
     if not images:
         raise FileNotFoundError(f"{dataset}: no images with .txt captions to replay; caption the dataset first")
-    step = max(1, len(images) // limit)
-    picked = images[::step][:limit]
+    n = len(images)
+    picked = images if n <= limit else [images[i * (n - 1) // max(1, limit - 1)] for i in range(limit)]
     out = []
     for path in picked:
         with Image.open(path) as img:

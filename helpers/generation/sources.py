@@ -11,6 +11,7 @@ their file format: ``trainer.json`` (``config.model`` names the base) and ``weig
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -206,12 +207,22 @@ def size_rules(ck) -> tuple[int, int]:
 
 def model_size_rules(source: str | os.PathLike, models_dir: Path | None = None) -> tuple[int, int]:
     """``size_rules`` of a model source, from its headers and configs (nothing loaded)."""
+    with open_source(find_model_source(source, models_dir)) as ck:
+        return size_rules(ck)
+
+
+@contextlib.contextmanager
+def open_source(found: ModelSource):
+    """The source's ``Checkpoint`` (headers only), a half-written file reported as such."""
     from helpers.models import open_checkpoint
     from helpers.models.loader import resolve_source
 
-    found = find_model_source(source, models_dir)
-    with open_checkpoint(resolve_source(found.path), allow_pickle=found.allow_pickle) as ck:
-        return size_rules(ck)
+    try:
+        ck = open_checkpoint(resolve_source(found.path), allow_pickle=found.allow_pickle)
+    except CheckpointError as exc:
+        raise _explain_incomplete(Path(found.path), exc) from None
+    with ck:
+        yield ck
 
 
 def estimate_memory(ck, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype, width: int, height: int,
