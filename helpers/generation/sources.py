@@ -240,12 +240,19 @@ def estimate_memory(ck, device: torch.device, dtype: torch.dtype, vae_dtype: tor
         weights[component] = n * size / 1e9
     if offload:  # only the biggest model is on the device at a time
         weights = {k: v for k, v in weights.items() if v == max(weights.values())}
-    unet_width = component_config(ck, "unet")["block_out_channels"][0] / 320
-    vae_width = component_config(ck, "vae")["block_out_channels"][0] / 128
-    latent = (width // 8) * (height // 8)
-    working = (UNET_BYTES_PER_LATENT_PIXEL * unet_width * 2 * batch * latent * torch.finfo(dtype).bits / 16
-               + VAE_BYTES_PER_PIXEL * vae_width * width * height * torch.finfo(vae_dtype).bits / 16) / 1e9
+    working = working_memory_gb(component_config(ck, "unet")["block_out_channels"][0],
+                                component_config(ck, "vae")["block_out_channels"][0], width, height, batch, dtype,
+                                vae_dtype)
     return MemoryEstimate(weights, working, free_memory_gb(device), str(device))
+
+
+def working_memory_gb(unet_channels: int, vae_channels: int, width: int, height: int, batch: int,
+                      dtype: torch.dtype, vae_dtype: torch.dtype) -> float:
+    """Activation memory of one batch (CFG doubles the U-Net batch; the VAE decodes one image at a time)."""
+    latent = (width // 8) * (height // 8)
+    unet = UNET_BYTES_PER_LATENT_PIXEL * unet_channels / 320 * 2 * batch * latent * torch.finfo(dtype).bits / 16
+    vae = VAE_BYTES_PER_PIXEL * vae_channels / 128 * width * height * torch.finfo(vae_dtype).bits / 16
+    return (unet + vae) / 1e9
 
 
 def load_state_weights(bundle, state: Path) -> list[str]:
