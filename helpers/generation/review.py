@@ -39,22 +39,22 @@ def aspect_size(width: int, height: int, side: int, multiple: int = 64) -> tuple
 
 
 def training_captions(dataset: str | Path, limit: int, side: int, multiple: int) -> list[tuple[Path, PromptSpec]]:
-    """Up to ``limit`` (image, caption-as-prompt) pairs, spread over the dataset, each at its image's aspect."""
+    """Up to ``limit`` (image, its training caption as a prompt) pairs spread over the dataset, each at its image's
+    aspect ratio. The caption is the one training reads (``helpers.dataset.files.dataset_entries``)."""
     from PIL import Image
 
-    from helpers.captions import read_caption
-    from helpers.dataset import list_images
+    from helpers.dataset.files import dataset_entries
 
-    images = [p for p in list_images(dataset) if (read_caption(p) or "").strip()]
-    if not images:
-        raise FileNotFoundError(f"{dataset}: no images with .txt captions to replay; caption the dataset first")
-    n = len(images)
-    picked = images if n <= limit else [images[i * (n - 1) // max(1, limit - 1)] for i in range(limit)]
+    entries = [e for e in dataset_entries(dataset)[0] if e.caption]
+    if not entries:
+        raise FileNotFoundError(f"{dataset}: no images with captions to replay; caption the dataset first")
+    n = len(entries)
+    picked = entries if n <= limit else [entries[i * (n - 1) // max(1, limit - 1)] for i in range(limit)]
     out = []
-    for path in picked:
-        with Image.open(path) as img:
+    for entry in picked:
+        with Image.open(entry.path) as img:
             w, h = aspect_size(*img.size, side, multiple)
-        out.append((path, PromptSpec(prompt=read_caption(path).strip(), width=w, height=h)))
+        out.append((entry.path, PromptSpec(prompt=entry.caption, width=w, height=h)))
     return out
 
 
