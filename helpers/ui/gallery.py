@@ -1,4 +1,4 @@
-"""Contact sheets: many images as one picture with a caption under each (review duplicates, problems, samples)."""
+"""Pictures of many images: contact sheets (a caption under each) and labelled grids (XY plots, samples over time)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,81 @@
+"""Samples during training: when they are due, what they write and log, and that they leave the run untouched."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.generation.parameters import parse_parameters, read_png_parameters
+from helpers.generation.training_samples import SamplingConfig, TrainingSamples, sample_file_name
+
+
+def _plan(tmp_path, **fields) -> TrainingSamples:
+    cfg = SamplingConfig(**{"prompts": ["a red circle --s 3", "a blue square --d 99 --s 2"], "steps": 3, **fields})
+    events = []
+    plan = TrainingSamples(cfg, tmp_path / "samples", resolution=64, run_name="run1",
+                           log_event=lambda name, **f: events.append((name, f)))
+    plan.events = events
+    return plan
+
+
+def test_when_samples_are_due(tmp_path):
+    plan = _plan(tmp_path, every_n_epochs=2, every_n_steps=5, at_start=True)
+    assert plan.due(0, False, 0, False)
+    assert [s for s in range(1, 13) if plan.due(s, False, 1, False)] == [5, 10]
+    assert plan.due(7, True, 2, False) and not plan.due(7, True, 3, False)  # every 2nd epoch's end
+    assert plan.due(13, False, 3, True)  # the last step always gets samples
+    assert not _plan(tmp_path, at_start=False).due(0, False, 0, False)
+    assert not _plan(tmp_path, prompts=[]).enabled  # no prompts, no samples
+    off = TrainingSamples(SamplingConfig(prompts=["x"]), tmp_path / "s2", resolution=64, run_name="r", enabled=False)
+    assert not off.due(0, False, 0, False)  # not the main process
+
+
+def test_sampling_writes_named_images_and_leaves_the_run_as_it_was(tmp_path, tiny_sdxl_dir):
+    from helpers.models import load_model
+
+    bundle = load_model(tiny_sdxl_dir)
+    bundle.unet.train(), bundle.text_encoders[0].eval(), bundle.text_encoders[1].train()
+    plan = _plan(tmp_path)
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    expected = (torch.rand(4), random.random(), np.random.rand())
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    weights = {k: v.clone() for k, v in bundle.unet.state_dict().items()}
+    files = plan.maybe_sample(bundle, step=0, epoch=0)
+    assert (torch.rand(4), random.random(), np.random.rand())[1:] == expected[1:]
+    torch.manual_seed(3)
+    assert torch.equal(torch.rand(4), expected[0])
+    assert all(torch.equal(v, weights[k]) for k, v in bundle.unet.state_dict().items())
+    assert bundle.unet.training and not bundle.text_encoders[0].training and bundle.text_encoders[1].training
+    assert [f.name for f in files] == [sample_file_name(0, 0, 0), sample_file_name(0, 0, 1)]
+    assert files[0].name == "step-000000_epoch-000_prompt-01.png"
+    second = parse_parameters(read_png_parameters(files[1]))
+    assert (second.prompt, second.seed, second.steps, second.width) == ("a blue square", 99, 2, 64)
+    assert second.extra == {"Training step": "0", "Epoch": "0"} and second.model == "run1"
+    first = parse_parameters(read_png_parameters(files[0]))
+    assert first.seed == 1234  # the config's seed + prompt index 0
+    name, fields = plan.events[0]
+    assert name == "samples" and fields["step"] == 0 and [i["prompt_index"] for i in fields["images"]] == [0, 1]
+    assert plan.maybe_sample(bundle, step=0, epoch=0) == []  # the same step is not sampled twice
+    again = _plan(tmp_path)  # a resumed run sees what the first start wrote
+    assert 0 in again.sampled and not again.due(0, False, 0, False)
+
+
+def test_bad_prompts_stop_before_training(tmp_path):
+    from helpers.generation.prompts import PromptFileError
+
+    with pytest.raises(PromptFileError, match="sampling.prompts, line 2: --w: width must be a multiple of 8"):
+        TrainingSamples(SamplingConfig(prompts=["ok", "bad --w 100"]), tmp_path, resolution=64, run_name="r")
+
+
+def test_preserve_rng_restores_every_generator():
+    from helpers.generation.training_samples import preserve_rng
+
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    with preserve_rng(torch.device("cpu")):
+        torch.rand(10), random.random(), np.random.rand(3)
+    after = (torch.rand(2), random.random(), np.random.rand())
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    assert torch.equal(after[0], torch.rand(2)) and after[1:] == (random.random(), np.random.rand())
