@@ -44,14 +44,16 @@ def run_demo(ws) -> dict[str, str]:
                                 f"({run.checkpoints}): run `python -m helpers demo` from the start")
     loras = epoch_loras(ws, base, checkpoints)
     settings = ImageSettings(steps=8, cfg=5.0, seed=7, width=64, height=64)
-    quiet = {"echo": lambda _m: None}
+    def open_model(src):
+        return open_generator(src, device="cpu", echo=lambda _m: None)
+
     axes = [make_axis("checkpoint", [str(p) for p in loras]), make_axis("strength", [0.0, 0.5, 1.0]),
             make_axis("prompt", PROMPTS)]
     grid = render_grid(base, axes, ws.exports / "demo-grid", base=settings, overwrite=True, progress=False,
-                       open_model=lambda src: open_generator(src, device="cpu", **quiet))
+                       open_model=open_model, cell_size=128)
     review = guide_review(base, ws.exports / "demo-review", dataset=ws.datasets / "demo", loras=[LoraSpec(loras[-1])],
-                          base=settings, caption_limit=4, generic_prompts=GENERIC_PROMPTS[::2], overwrite=True, progress=False,
-                          open_model=lambda src: open_generator(src, device="cpu", **quiet))
+                          base=settings, caption_limit=4, generic_prompts=GENERIC_PROMPTS[::2], overwrite=True,
+                          progress=False, cell_size=128, open_model=open_model)
     samples = sorted(run.samples.glob("*.png")) if run.samples.is_dir() else []
     return {"LoRA per epoch": ", ".join(p.name for p in loras),
             "grid (epochs × LoRA strengths, a page per prompt)": ", ".join(str(p) for p in grid.pages),

@@ -296,9 +296,9 @@ def draw_pages(cells: list[Cell], axes: list[Axis], folder: Path, *, reference: 
         if reference is not None:  # fitted to the generated cells, not the other way round
             grid = [[ref, *row] for ref, row in zip(reference, grid, strict=True)]
             columns = ["training image", *columns]
-        title = f"x: {x.title}" + (f"   y: {axes[1].title}" if len(axes) > 1 else "")
+        title = f"x: {x.title}" + (f" · y: {axes[1].title}" if len(axes) > 1 else "")
         if len(axes) > 2:
-            title += f"   page {page + 1}/{len(pages)}: {axes[2].labels[page]}"
+            title += f" · page {page + 1}/{len(pages)}: {axes[2].labels[page]}"
         sheet = labelled_grid(grid, columns, y_labels, title=title, cell_size=size)
         first = next(c for c in cells if c.page == page and c.images)
         name = f"grid-page{page + 1:02d}.png" if len(pages) > 1 else "grid.png"

@@ -71,7 +71,7 @@ def guide_review(model: str | Path, folder: str | Path, *, dataset: str | Path |
                  loras: list[LoraSpec] = (), checkpoints: list[str] = (), strengths: list[float] = (0.0, 1.0),
                  base: ImageSettings | None = None, caption_limit: int = 8,
                  generic_prompts: tuple[str, ...] = GENERIC_PROMPTS, open_model=None, overwrite: bool = False,
-                 progress: bool = True) -> dict[str, list[Path]]:
+                 progress: bool = True, cell_size: int | None = None) -> dict[str, list[Path]]:
     """Write ``folder/captions/`` (training captions 1:1 beside their images) and ``folder/generic/`` (generic
     prompts, 4 images each) as labelled grids; returns the grid pages of each."""
     from PIL import Image
@@ -91,10 +91,11 @@ def guide_review(model: str | Path, folder: str | Path, *, dataset: str | Path |
         rows = make_axis("prompt", [spec for _, spec in pairs])
         reference = [Image.open(p).convert("RGB") for p, _ in pairs]
         result = render_grid(model, [columns, rows], folder / "captions", base=base, loras=fixed,
-                             open_model=open_model, overwrite=overwrite, progress=progress, reference=reference)
+                             open_model=open_model, overwrite=overwrite, progress=progress, reference=reference,
+                             cell_size=cell_size)
         out["captions"] = result.pages
     rows = make_axis("prompt", list(generic_prompts))
     result = render_grid(model, [columns, rows], folder / "generic", base=replace(base, batch_size=4), loras=fixed,
-                         open_model=open_model, overwrite=overwrite, progress=progress)
+                         open_model=open_model, overwrite=overwrite, progress=progress, cell_size=cell_size)
     out["generic"] = result.pages
     return out

@@ -98,8 +98,8 @@ def labelled_grid(cells: Sequence[Sequence[Image.Image | None]], column_labels: 
                   row_labels: Sequence[str], title: str = "", cell_size: int | None = None) -> Image.Image:
     """Images in rows and columns with a label over each column and beside each row (an XY plot).
 
-    ``cells[row][column]`` may be None (drawn empty). Each image is fitted into a square of ``cell_size``
-    (default: the largest image side), so cells of different sizes line up.
+    ``cells[row][column]`` may be None (drawn empty). Each image is scaled to fit a square of ``cell_size``
+    (default: the largest image side), so cells of different sizes line up; the title wraps to the width.
     """
     images = [img for row in cells for img in row if img is not None]
     size = cell_size or max([max(img.size) for img in images] or [64])
@@ -111,12 +111,14 @@ def labelled_grid(cells: Sequence[Sequence[Image.Image | None]], column_labels: 
     col_lines = [_wrap(probe, t, font, size - 2 * pad, 4) for t in column_labels]
     row_lines = [_wrap(probe, t, font, label_w - 2 * pad, max(1, size // line_h)) for t in row_labels]
     head = pad * 2 + line_h * max([len(lines) for lines in col_lines] or [1])
-    top = line_h + 2 * pad if title else 0
     n_cols = max(len(column_labels), max((len(r) for r in cells), default=0))
-    sheet = Image.new("RGB", (label_w + n_cols * size + pad, top + head + len(cells) * size + pad), (255, 255, 255))
+    width = max(label_w + n_cols * size + pad, 360)
+    title_lines = _wrap(probe, title, font, width - 2 * pad, 3) if title else []
+    top = line_h * len(title_lines) + 2 * pad if title else 0
+    sheet = Image.new("RGB", (width, top + head + len(cells) * size + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    if title:
-        draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
+    for j, line in enumerate(title_lines):
+        draw.text((pad, pad + j * line_h), line, fill=(0, 0, 0), font=font)
     for c, lines in enumerate(col_lines):
         for j, line in enumerate(lines):
             x = label_w + c * size + (size - draw.textlength(line, font=font)) / 2
@@ -129,8 +131,9 @@ def labelled_grid(cells: Sequence[Sequence[Image.Image | None]], column_labels: 
         for c, img in enumerate(row):
             if img is None:
                 continue
-            fitted = img.copy()
-            fitted.thumbnail((size, size))
+            scale = size / max(img.size)  # up or down: small images are enlarged to the cell
+            fitted = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                                Image.Resampling.LANCZOS)
             sheet.paste(fitted.convert("RGB"), (label_w + c * size + (size - fitted.width) // 2,
                                                 y0 + (size - fitted.height) // 2))
     return sheet
