@@ -128,3 +128,22 @@ def test_run_folder_and_training_state(tmp_path, tiny_sdxl_dir):
         assert "Model: r1-step7" in img.infotext and "Model hash" not in img.infotext
     finally:
         generator.close()
+
+
+def test_memory_problems_name_the_setting_to_lower(tmp_path, tiny_sdxl_dir):
+    from helpers.generation.pipeline import GenerationError, ImageSettings, open_generator
+
+    with pytest.raises(GenerationError, match="not enough memory on cpu: needs about .* lower batch_size / width"):
+        open_generator(tiny_sdxl_dir, device="cpu", width=8192, height=8192, batch_size=64, echo=lambda _m: None)
+    generator = open_generator(tiny_sdxl_dir, device="cpu", echo=lambda _m: None)
+
+    def out_of_memory(**_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    generator.pipe = out_of_memory  # what a too-large batch does on a GPU
+    try:
+        with pytest.raises(GenerationError, match=r"out of GPU memory generating 4 image\(s\) at 64x64: lower "
+                                                  r"batch_size \(now 4\) first.*Nothing was written"):
+            generator.generate(ImageSettings(prompt="x", steps=2, width=64, height=64, batch_size=4))
+    finally:
+        generator.close()

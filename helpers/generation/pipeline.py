@@ -209,6 +209,11 @@ class ImageGenerator:
         except torch.OutOfMemoryError:
             self.free_cache()
             raise GenerationError(self._oom_message(len(items), s)) from None
+        except RuntimeError as exc:  # the CPU allocator's way of running out
+            if "can't allocate memory" not in str(exc):
+                raise
+            self.free_cache()
+            raise GenerationError(self._oom_message(len(items), s).replace("GPU ", "")) from None
         return out.images
 
     def _oom_message(self, batch: int, s: ImageSettings) -> str:
