@@ -117,7 +117,8 @@ def test_run_folder_and_training_state(tmp_path, tiny_sdxl_dir):
         for p in unet.parameters():
             p.add_(0.05)
     save_training_state(run / "state", 7, weights={f"unet.{k}": v for k, v in unet.state_dict().items()},
-                        optimizer_state={}, trainer={"step": 7, "config": {"model": {"base_model": "tiny"}}})
+                        optimizer_state={}, trainer={"step": 7, "config": {"model": {"base_model": "tiny"},
+                                                                          "objective": {"zero_terminal_snr": True}}})
     found = find_model_source(run)
     assert found.state == run / "state" / "step-00000007" and found.label == "r1-step7"
     assert found.path == models / "tiny"  # the workspace model named in the state's config
@@ -126,6 +127,7 @@ def test_run_folder_and_training_state(tmp_path, tiny_sdxl_dir):
         torch.testing.assert_close(dict(generator.bundle.unet.state_dict()), dict(unet.state_dict()))
         (img,) = generator.generate(ImageSettings(prompt="x", steps=2, seed=1, width=64, height=64))
         assert "Model: r1-step7" in img.infotext and "Model hash" not in img.infotext
+        assert "Noise Schedule: Zero Terminal SNR" in img.infotext  # the run trained with it, so it samples with it
     finally:
         generator.close()
 

@@ -30,7 +30,8 @@ def _model_options() -> argparse.ArgumentParser:
     p.add_argument("--vae-dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--offload", default="none", choices=["none", "model"], help="model: keep models on the CPU "
                    "until they run (less VRAM, slower)")
-    p.add_argument("--zero-terminal-snr", action="store_true", help="the model was trained with zero-terminal-SNR")
+    p.add_argument("--zero-terminal-snr", action="store_true", default=None, help="the model was trained with "
+                   "zero-terminal SNR (default: what the checkpoint records)")
     p.add_argument("--negative", default="", help="negative prompt")
     p.add_argument("--sampler", default="Euler a")
     p.add_argument("--steps", type=int, default=25)

@@ -287,13 +287,14 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 
 def open_generator(source: str | Path, *, loras: list[LoraSpec] = (), fused: bool = True, device: str = "auto",
                    dtype: str = "auto", vae_dtype: str = "auto", offload: str = "none",
-                   zero_terminal_snr: bool = False, width: int = 0, height: int = 0, batch_size: int = 1,
+                   zero_terminal_snr: bool | None = None, width: int = 0, height: int = 0, batch_size: int = 1,
                    models_dir: Path | None = None, tokenizers_from: str | Path | None = None,
                    echo=print) -> ImageGenerator:
     """Load a model (file, folder, Hub id, run folder or training state) for generation, LoRAs applied.
 
     Says what it picked and what it needs (``echo``) before loading; refuses to start when the device does not
-    have the memory, naming what to lower.
+    have the memory, naming what to lower. ``zero_terminal_snr=None`` reads it from the checkpoint's metadata
+    (or the training state's config).
     """
     from helpers.generation.sources import (
         estimate_memory,
@@ -303,6 +304,7 @@ def open_generator(source: str | Path, *, loras: list[LoraSpec] = (), fused: boo
         native_size,
         open_source,
         pick_dtypes,
+        trained_with_zero_terminal_snr,
     )
 
     found = find_model_source(source, models_dir)
@@ -311,6 +313,8 @@ def open_generator(source: str | Path, *, loras: list[LoraSpec] = (), fused: boo
     with open_source(found) as ck:
         model_dtype, vae = pick_dtypes(target, ck.arch, dtype, vae_dtype)
         side = native_size(ck)
+        if zero_terminal_snr is None:
+            zero_terminal_snr = trained_with_zero_terminal_snr(found, ck)
         need = estimate_memory(ck, target, model_dtype, vae, width or side, height or side, batch_size,
                                offload=offload == "model")
     echo(f"model: {found.note}; {need.describe()}")

@@ -41,6 +41,7 @@ class ModelSource:
     arch: str | None = None
     prediction: str | None = None
     allow_pickle: bool = False
+    zero_terminal_snr: bool | None = None  # what a training state's config says (files say it in metadata)
 
 
 @dataclass
@@ -122,7 +123,8 @@ def _state_source(state: Path, models_dir: Path | None) -> ModelSource:
                        note=f"training state {state.name} of run {run} on base {base}", state=state,
                        arch=None if model.get("arch", "auto") == "auto" else model["arch"],
                        prediction=None if model.get("prediction", "auto") == "auto" else model["prediction"],
-                       allow_pickle=bool(model.get("allow_pickle", False)))
+                       allow_pickle=bool(model.get("allow_pickle", False)),
+                       zero_terminal_snr=bool(info.get("config", {}).get("objective", {}).get("zero_terminal_snr")))
 
 
 def find_model_source(source: str | os.PathLike, models_dir: Path | None = None) -> ModelSource:
@@ -189,6 +191,13 @@ def free_memory_gb(device: torch.device) -> float | None:
         return psutil.virtual_memory().available / 1e9
     except ImportError:
         return None
+
+
+def trained_with_zero_terminal_snr(found: ModelSource, ck) -> bool:
+    """Whether the model was trained with a zero-terminal-SNR schedule (our checkpoints record it)."""
+    if found.zero_terminal_snr is not None:
+        return found.zero_terminal_snr
+    return ck.metadata.get("tunebook.zero_terminal_snr", "").lower() == "true"
 
 
 def native_size(ck) -> int:
