@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.config import from_dict, validate
+from helpers.config import from_dict
 from helpers.generation.prompts import PromptFileError, PromptSpec, parse_prompt_line, read_prompts
 from helpers.generation.training_samples import SamplingConfig
 
@@ -66,9 +66,9 @@ def test_sampling_config_errors_name_the_field(tmp_path):
     bad.write_text("ok\nbroken --s many\n", encoding="utf-8")
     cfg = from_dict(SamplingConfig, {"prompts": ["fine", "also fine --w 77"], "prompt_file": str(bad),
                                      "sampler": "Eular a", "width": 100})
-    problems = validate(cfg)
+    problems = cfg.problems()
     assert "line 2" in problems["prompts"] and "multiple of 8" in problems["prompts"]
     assert "line 2" in problems["prompt_file"] and "steps must be a whole number" in problems["prompt_file"]
     assert "did you mean 'Euler a'" in problems["sampler"]
     assert "multiple of 8" in problems["width"]
-    assert validate(SamplingConfig(prompts=["a cat --s 20"])) == {}
+    assert SamplingConfig(prompts=["a cat --s 20"]).problems() == {}

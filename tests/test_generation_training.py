@@ -23,14 +23,14 @@ def _plan(tmp_path, **fields) -> TrainingSamples:
 
 def test_when_samples_are_due(tmp_path):
     plan = _plan(tmp_path, every_n_epochs=2, every_n_steps=5, at_start=True)
-    assert plan.due(0, False, 0, False)
-    assert [s for s in range(1, 13) if plan.due(s, False, 1, False)] == [5, 10]
-    assert plan.due(7, True, 2, False) and not plan.due(7, True, 3, False)  # every 2nd epoch's end
-    assert plan.due(13, False, 3, True)  # the last step always gets samples
-    assert not _plan(tmp_path, at_start=False).due(0, False, 0, False)
+    assert plan.due(0, 0)
+    assert [s for s in range(1, 13) if plan.due(s, 0)] == [5, 10]
+    assert plan.due(7, 1, epoch_end=True) and not plan.due(7, 2, epoch_end=True)  # the end of every 2nd epoch
+    assert plan.due(13, 2, final=True)  # the last step always gets samples
+    assert not _plan(tmp_path, at_start=False).due(0, 0)
     assert not _plan(tmp_path, prompts=[]).enabled  # no prompts, no samples
     off = TrainingSamples(SamplingConfig(prompts=["x"]), tmp_path / "s2", resolution=64, run_name="r", enabled=False)
-    assert not off.due(0, False, 0, False)  # not the main process
+    assert not off.due(0, 0)  # not the main process
 
 
 def test_sampling_writes_named_images_and_leaves_the_run_as_it_was(tmp_path, tiny_sdxl_dir):
@@ -43,7 +43,7 @@ def test_sampling_writes_named_images_and_leaves_the_run_as_it_was(tmp_path, tin
     expected = (torch.rand(4), random.random(), np.random.rand())
     torch.manual_seed(3), random.seed(3), np.random.seed(3)
     weights = {k: v.clone() for k, v in bundle.unet.state_dict().items()}
-    files = plan.maybe_sample(bundle, step=0, epoch=0)
+    files = plan.maybe_sample(bundle, 0, 0)
     assert (torch.rand(4), random.random(), np.random.rand())[1:] == expected[1:]
     torch.manual_seed(3)
     assert torch.equal(torch.rand(4), expected[0])
@@ -58,9 +58,9 @@ def test_sampling_writes_named_images_and_leaves_the_run_as_it_was(tmp_path, tin
     assert first.seed == 1234  # the config's seed + prompt index 0
     name, fields = plan.events[0]
     assert name == "samples" and fields["step"] == 0 and [i["prompt_index"] for i in fields["images"]] == [0, 1]
-    assert plan.maybe_sample(bundle, step=0, epoch=0) == []  # the same step is not sampled twice
+    assert plan.maybe_sample(bundle, 0, 0) == []  # the same step is not sampled twice
     again = _plan(tmp_path)  # a resumed run sees what the first start wrote
-    assert 0 in again.sampled and not again.due(0, False, 0, False)
+    assert 0 in again.sampled and not again.due(0, 0)
 
 
 def test_bad_prompts_stop_before_training(tmp_path):

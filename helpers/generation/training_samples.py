@@ -51,7 +51,7 @@ class SamplingConfig:
     rescale_cfg: float = option(0.0, min=0.0, max=1.0, help="rescaled CFG φ (0.7 for v-prediction / zero-SNR)",
                                 group="advanced")
 
-    def check(self) -> dict[str, str]:
+    def problems(self) -> dict[str, str]:
         """Problems a form shows before the run starts (prompt lines and file parsed, sampler known)."""
         problems = {}
         try:
@@ -106,10 +106,13 @@ def eval_mode(models: list[torch.nn.Module]):
 
 
 class TrainingSamples:
-    """The sampling plan of one run (see module docstring); inactive when there are no prompts."""
+    """The sampling plan of one run (see module docstring); inactive when there are no prompts.
+
+    ``trackers`` (TensorBoard / W&B, anything with ``log_image(step, tag, image)``) also get each image.
+    """
 
     def __init__(self, cfg: SamplingConfig, folder: Path, *, resolution: int, run_name: str, enabled: bool = True,
-                 zero_terminal_snr: bool = False, log_event=None):
+                 zero_terminal_snr: bool = False, log_event=None, trackers: list | None = None):
         self.cfg, self.folder, self.run_name = cfg, Path(folder), run_name
         self.prompts: list[PromptSpec] = parse_prompt_lines(cfg.prompts, "sampling.prompts")
         if cfg.prompt_file:
@@ -117,6 +120,7 @@ class TrainingSamples:
         self.enabled = enabled and bool(self.prompts) and bool(cfg.at_start or cfg.every_n_steps or cfg.every_n_epochs)
         self.resolution, self.zero_terminal_snr = resolution, zero_terminal_snr
         self.log_event = log_event or (lambda *_a, **_k: None)
+        self.trackers = trackers if trackers is not None else []
         self.sampled: set[int] = self._steps_on_disk()
 
     def _steps_on_disk(self) -> set[int]:
@@ -128,21 +132,23 @@ class TrainingSamples:
                 found.setdefault(int(m.group(1)), set()).add(int(m.group(3)) - 1)
         return {step for step, done in found.items() if done >= set(range(len(self.prompts)))}
 
-    def due(self, step: int, epoch_end: bool, epoch: int, final: bool) -> bool:
+    def due(self, step: int, epoch: int, epoch_end: bool = False, final: bool = False) -> bool:
+        """Whether to sample after optimizer step ``step`` of (0-based) epoch ``epoch``; step 0 = before training."""
         c = self.cfg
         if not self.enabled or step in self.sampled:
             return False
         if step == 0:
             return c.at_start
         return (final or (c.every_n_steps > 0 and step % c.every_n_steps == 0)
-                or (epoch_end and c.every_n_epochs > 0 and epoch % c.every_n_epochs == 0))
+                or (epoch_end and c.every_n_epochs > 0 and (epoch + 1) % c.every_n_epochs == 0))
 
-    def maybe_sample(self, bundle, *, step: int, epoch: int, epoch_end: bool = False, final: bool = False
+    def maybe_sample(self, bundle, step: int, epoch: int, *, epoch_end: bool = False, final: bool = False
                      ) -> list[Path]:
-        """Sample every prompt if this step is due (see ``due``); returns the files written."""
-        if not self.due(step, epoch_end, epoch, final):
+        """The training loop's one call: sample every prompt if step ``step`` of epoch ``epoch`` (0-based, the one
+        in progress) is due; ``epoch_end`` when this step finished the epoch, ``final`` for the last step."""
+        if not self.due(step, epoch, epoch_end, final):
             return []
-        return self.sample(bundle, step=step, epoch=epoch)
+        return self.sample(bundle, step=step, epoch=epoch + 1 if step else 0)
 
     def settings(self, spec: PromptSpec, index: int):
         """The ``ImageSettings`` for one prompt: the config's defaults, then what its line sets."""
@@ -155,8 +161,12 @@ class TrainingSamples:
         return replace(base, **spec.overrides())
 
     def sample(self, bundle, *, step: int, epoch: int) -> list[Path]:
-        """One image per prompt from the models as they are now, written to ``samples/``."""
-        from helpers.generation.pipeline import ImageGenerator
+        """One image per prompt from the models as they are now, written to ``samples/``.
+
+        A generation failure (out of memory) is logged as a warning and training goes on: samples are never
+        worth losing the run for.
+        """
+        from helpers.generation.pipeline import GenerationError, ImageGenerator
 
         started = time.monotonic()
         generator = ImageGenerator(bundle, model_name=self.run_name, zero_terminal_snr=self.zero_terminal_snr)
@@ -169,9 +179,50 @@ class TrainingSamples:
                     path = image.save(self.folder / sample_file_name(step, epoch, index))
                     files.append(path)
                     records.append({"file": path.name, "prompt_index": index, "prompt": spec.prompt})
+                    for tracker in self.trackers:
+                        tracker.log_image(step, f"samples/prompt-{index + 1:02d}", image.image)
+            except GenerationError as exc:
+                self.log_event("warning", message=f"samples at step {step} skipped: {exc}")
+                return files
             finally:
                 generator.close()
         self.sampled.add(step)
         self.log_event("samples", step=step, epoch=epoch, images=records,
                        seconds=round(time.monotonic() - started, 2))
         return files
+
+
+# ---------------------------------------------------------------- showing them
+
+
+def add_sample_rounds(records: list[dict], rounds: dict[int, dict]) -> bool:
+    """Fold a log's ``samples`` events into ``rounds`` (step -> event); True when something new arrived."""
+    new = False
+    for rec in records:
+        if rec.get("event") == "samples":
+            rounds[int(rec["step"])] = rec
+            new = True
+    return new
+
+
+def samples_over_time(folder: Path, rounds: dict[int, dict], columns: int = 8, cell_size: int = 160):
+    """A grid per prompt over time: a row per prompt, a column per sampling round (the newest ``columns``)."""
+    from PIL import Image
+
+    from helpers.ui.gallery import labelled_grid
+
+    steps = sorted(rounds)[-columns:]
+    prompts: dict[int, str] = {}
+    for step in steps:
+        prompts.update({i["prompt_index"]: i["prompt"] for i in rounds[step]["images"]})
+    rows = []
+    for index in sorted(prompts):
+        row = []
+        for step in steps:
+            item = next((i for i in rounds[step]["images"] if i["prompt_index"] == index), None)
+            path = folder / item["file"] if item else None
+            row.append(Image.open(path).convert("RGB") if path is not None and path.exists() else None)
+        rows.append(row)
+    labels = [f"step {s} · epoch {rounds[s]['epoch']}" if s else "start (base model)" for s in steps]
+    return labelled_grid(rows, labels, [prompts[i] for i in sorted(prompts)], title="samples over time",
+                         cell_size=cell_size)
