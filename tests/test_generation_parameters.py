@@ -26,7 +26,8 @@ FULL = GenerationParameters(
 @pytest.mark.parametrize("params", [
     FULL,
     GenerationParameters(prompt="a cat"),  # no negative prompt line, nothing optional
-    GenerationParameters(prompt="日本語のプロンプト, 猫", negative_prompt="ぼやけ", seed=1, model="モデル"),
+    GenerationParameters(prompt="日本語のプロンプト, 猫", negative_prompt="ぼやけ", seed=1,
+                         model="モデル"),
 ])
 def test_parameters_round_trip(params):
     assert parse_parameters(format_parameters(params)) == params

@@ -79,3 +79,89 @@ def test_preserve_rng_restores_every_generator():
     after = (torch.rand(2), random.random(), np.random.rand())
     torch.manual_seed(5), random.seed(5), np.random.seed(5)
     assert torch.equal(after[0], torch.rand(2)) and after[1:] == (random.random(), np.random.rand())
+
+
+@pytest.fixture
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.usefixtures("_fresh_accelerate_state")
+def test_sampling_on_gives_the_same_weights_as_sampling_off(tmp_path, tiny_sdxl_dir):
+    """The acceptance test: samples at the start, every step and at epoch ends change nothing the run computes."""
+    from helpers.training.loop import train
+    from helpers.training.progress import read_log
+    from tests.test_training_loop import make_dataset, tiny_config
+
+    dataset = make_dataset(tmp_path / "ds")
+    common = {"optimizer.train_text_encoder": True, "data.flip": True, "objective.noise_offset": 0.05}
+    off = train(tiny_config(tiny_sdxl_dir, dataset, **common), tmp_path / "off", show_progress=False)
+    on_cfg = tiny_config(tiny_sdxl_dir, dataset, **common, **{
+        "sampling.prompts": ["a red thing --s 2", "a blue thing --ss DDIM --s 2"], "sampling.every_n_steps": 1})
+    on = train(on_cfg, tmp_path / "on", show_progress=False)
+    a, b = _weights(off["final"]), _weights(on["final"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in read_log(tmp_path / "on" / "log.jsonl") if r.get("event") == "samples"]
+    assert steps == list(range(0, on["steps"] + 1))  # the base model at step 0, then every step
+    names = sorted(p.name for p in (tmp_path / "on" / "samples").glob("*.png"))
+    assert names[:2] == ["step-000000_epoch-000_prompt-01.png", "step-000000_epoch-000_prompt-02.png"]
+    assert names[-1] == f"step-{on['steps']:06d}_epoch-002_prompt-02.png"
+    assert not list((tmp_path / "off" / "samples").glob("*.png"))
+
+
+@pytest.mark.usefixtures("_fresh_accelerate_state")
+def test_resume_does_not_sample_a_step_again(tmp_path, tiny_sdxl_dir):
+    from helpers.training.loop import train
+    from helpers.training.progress import read_log
+    from tests.test_training_loop import make_dataset, tiny_config
+
+    dataset = make_dataset(tmp_path / "ds")
+    sampling = {"sampling.prompts": ["a red thing --s 2"], "sampling.every_n_steps": 1, "saving.state_every_n_steps": 2}
+    train(tiny_config(tiny_sdxl_dir, dataset, max_steps=2, **sampling), tmp_path / "r", show_progress=False)
+    first = (tmp_path / "r" / "samples" / "step-000002_epoch-001_prompt-01.png").stat().st_mtime_ns
+    train(tiny_config(tiny_sdxl_dir, dataset, max_steps=4, **sampling), tmp_path / "r", resume="latest",
+          show_progress=False)
+    steps = [r["step"] for r in read_log(tmp_path / "r" / "log.jsonl") if r.get("event") == "samples"]
+    assert steps == [0, 1, 2, 3, 4]  # step 2 (where the state was) is not sampled again after the resume
+    assert (tmp_path / "r" / "samples" / "step-000002_epoch-001_prompt-01.png").stat().st_mtime_ns == first
+
+
+def test_monitor_shows_a_row_per_prompt_over_time(tmp_path):
+    """The notebook 04 panel: built from the log's samples events, each prompt's images in one row, by step."""
+    from PIL import Image
+
+    from helpers.training.progress import RunMonitor
+    from helpers.ui.monitor import TrainingMonitor
+    from helpers.workspace import RunPaths
+    from tests.pictures import assert_picture, ink
+
+    run = RunPaths(tmp_path / "run").create()
+    writer = RunMonitor(run, show_bar=False)
+    colours = {(0, 0): (255, 0, 0), (0, 1): (0, 0, 255), (5, 0): (0, 255, 0), (5, 1): (255, 255, 0)}
+    for step in (0, 5):
+        images = []
+        for index in (0, 1):
+            name = sample_file_name(step, step and 1, index)
+            Image.new("RGB", (64, 64), colours[(step, index)]).save(run.samples / name)
+            images.append({"file": name, "prompt_index": index, "prompt": f"prompt {index + 1}"})
+        writer.event("samples", step=step, epoch=step and 1, images=images)
+    monitor = TrainingMonitor(run)
+    monitor.refresh()
+    assert monitor.samples.layout.display == ""
+    picture = assert_picture(monitor.samples.value)
+    assert picture.width > 2 * 160 and picture.height > 2 * 160  # two rounds across, two prompts down
+    for colour in colours.values():
+        assert ink(picture, colour) > 100 * 100  # every image of every round is on it
+    red_x = [x for x in range(picture.width) if picture.getpixel((x, picture.height // 2 - 100)) == (255, 0, 0)]
+    green_x = [x for x in range(picture.width) if picture.getpixel((x, picture.height // 2 - 100)) == (0, 255, 0)]
+    assert red_x and green_x and max(red_x) < min(green_x)  # prompt 1 at the start, then at step 5, left to right

@@ -1,7 +1,8 @@
 """The A1111 ``parameters`` text in every PNG we write, and a parser for it.
 
 Owns ``GenerationParameters`` (what made an image), ``format_parameters`` / ``parse_parameters`` (the text
-AUTOMATIC1111's webui writes and its "PNG Info" tab, civitai and ComfyUI read) and ``save_png`` / ``read_png_parameters``.
+AUTOMATIC1111's webui writes and its "PNG Info" tab, civitai and ComfyUI read) and ``save_png`` /
+``read_png_parameters``.
 
 The format, as A1111 writes it (``modules/processing.py::create_infotext``, ``modules/infotext_utils.py``):
 

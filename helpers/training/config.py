@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from helpers.config import option
+from helpers.generation.training_samples import SamplingConfig
 from helpers.training.captions import CaptionConfig
 from helpers.training.checkpoints import SaveConfig
 from helpers.training.data import DataConfig
@@ -130,6 +131,8 @@ class TrainConfig:
     saving: SaveConfig = option(factory=SaveConfig, help="checkpoints and training state")
     ema: EmaConfig = option(factory=EmaConfig, help="exponential moving average of the weights")
     logging: LoggingConfig = option(factory=LoggingConfig, help="TensorBoard and Weights & Biases")
+    sampling: SamplingConfig = option(factory=SamplingConfig, help="sample images during training (kohya prompt "
+                                      "syntax)")
     stages: list[StageConfig] = option(factory=list, help="multi-stage run: [[stages]] tables with epochs and "
                                        "what changes (resolution, learning rates); empty = one stage",
                                        group="advanced")
@@ -178,7 +181,8 @@ class TrainConfig:
         if p.full_half_precision and p.mixed_precision == "no":
             problems["precision.full_half_precision"] = "needs mixed_precision fp16 or bf16"
         for section, found in (("optimizer", o.problems()), ("captions", self.captions.problems()),
-                               ("objective", self.objective.problems(self.model.prediction))):
+                               ("objective", self.objective.problems(self.model.prediction)),
+                               ("sampling", self.sampling.problems())):
             problems.update({f"{section}.{key}": message for key, message in found.items()})
         trained = {"unet"} | ({f"te{i}" for i, lr in ((1, o.learning_rate_te1), (2, o.learning_rate_te2))
                                if lr != 0} if o.train_text_encoder else set())

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from helpers.config import to_dict
+from helpers.generation.training_samples import TrainingSamples
 from helpers.training import checkpoints as ckpt
 from helpers.training import objective as obj
 from helpers.training.components import (
@@ -79,6 +80,10 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
         raise TrainingError(f"{run_root} already holds training state from an earlier start: continue it with "
                             "--resume latest, or train into a new run folder (nothing was overwritten)")
     torch.manual_seed(cfg.seed)
+    # samples drawn during training (main process only); a bad prompt line stops the run here, not hours in
+    samples = TrainingSamples(cfg.sampling, run.samples, resolution=cfg.data.resolution, run_name=run.name,
+                              enabled=accelerator.is_main_process, zero_terminal_snr=cfg.objective.zero_terminal_snr,
+                              log_event=monitor.event, trackers=monitor.trackers)
     # 1. Load the base model; the family adapter hides SDXL/SD 1.5 differences from this loop
     monitor.update(force=True, state="loading")
     bundle = load_base_model(resolve_base_model(cfg.model.base_model, models_dir),
@@ -130,6 +135,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                     text_encoders=[modules.get(f"te{i + 1}", te) for i, te in enumerate(bundle.text_encoders)],
                     unet_dtype=bundle.unet.dtype, alphas_cumprod=alphas_cumprod, objective=cfg.objective,
                     prediction=bundle.prediction, train_text=len(names) > 1)
+    samples.maybe_sample(bundle, position.step, position.epoch)  # step 0: the base model, for comparison
     # 6. Optimizer steps, epoch by epoch, from where the run stands
     while position.step < total_steps:
         data = stage_data[plan.stage_of_epoch(position.epoch)]
@@ -159,6 +165,9 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                                    every_n_minutes=cfg.saving.state_every_n_minutes):
                 save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches, ema)
                 last_state_time = time.monotonic()
+            # sample images when due (eval mode, training RNG untouched)
+            samples.maybe_sample(bundle, position.step, position.epoch, final=position.step >= total_steps,
+                                 epoch_end=position.batch_in_epoch >= len(batches))
             if position.step >= total_steps:
                 break
         if position.batch_in_epoch >= len(batches):  # epoch finished: next one starts at its first batch

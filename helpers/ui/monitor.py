@@ -41,7 +41,7 @@ def _png(img) -> bytes:
 
 
 class TrainingMonitor:
-    """Progress bar + status line + loss chart + sample thumbnails for one run."""
+    """Progress bar + status line + loss chart + samples (a row per prompt over time) for one run."""
 
     def __init__(self, run: RunPaths):
         self.run = run
@@ -56,7 +56,7 @@ class TrainingMonitor:
         self._losses: dict[int, float] = {}
         self._log_offset = 0
         self._chart_step = -1
-        self._sample_names: tuple[str, ...] = ()
+        self._sample_rounds: dict[int, dict] = {}  # step -> the log's samples event
         self._refresh_lock = threading.Lock()  # the watcher thread and a cell may refresh at once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -69,15 +69,20 @@ class TrainingMonitor:
             self.bar.value = min(st.step, self.bar.max)
             self.bar.bar_style = {"finished": "success", "failed": "danger", "died": "danger"}.get(st.state, "info")
             self.line.value = _status_line(st)
-            self._refresh_chart()
-            self._refresh_samples()
+            records = self._new_records()
+            self._refresh_chart(records)
+            self._refresh_samples(records)
             self.status = st
             return st
 
-    def _refresh_chart(self) -> None:
+    def _new_records(self) -> list[dict]:
+        """The log lines written since the last refresh."""
         if self.run.log.exists() and self.run.log.stat().st_size < self._log_offset:  # the run was started afresh
-            self._losses, self._log_offset = {}, 0
+            self._losses, self._sample_rounds, self._log_offset = {}, {}, 0
         records, self._log_offset = read_log_since(self.run.log, self._log_offset)  # only what is new
+        return records
+
+    def _refresh_chart(self, records: list[dict]) -> None:
         add_step_losses(records, self._losses)
         last = max(self._losses, default=-1)
         if last >= 0 and last != self._chart_step:
@@ -88,16 +93,12 @@ class TrainingMonitor:
             self.chart.value = _png(line_chart({"loss": curve}, f"{self.run.name}: loss per step", "step", "loss"))
             self.chart.layout.display = ""
 
-    def _refresh_samples(self) -> None:
-        files = sorted(self.run.samples.glob("*.png"), key=lambda p: p.stat().st_mtime)[-8:] \
-            if self.run.samples.exists() else []
-        names = tuple(p.name for p in files)
-        if files and names != self._sample_names:
-            from helpers.ui.gallery import thumbnail_grid
+    def _refresh_samples(self, records: list[dict]) -> None:
+        """A row per prompt, a column per sampling round (the log's ``samples`` events), newest rounds last."""
+        from helpers.generation.training_samples import add_sample_rounds, samples_over_time
 
-            self._sample_names = names
-            self.samples.value = _png(thumbnail_grid([(p, p.stem) for p in files], columns=4, size=160,
-                                                     title="newest samples"))
+        if add_sample_rounds(records, self._sample_rounds):
+            self.samples.value = _png(samples_over_time(self.run.samples, self._sample_rounds))
             self.samples.layout.display = ""
 
     # -- watching in the background -------------------------------------------------------------------
