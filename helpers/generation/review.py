@@ -10,6 +10,7 @@ first column is the training image itself, and each caption is drawn at its trai
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def training_captions(dataset: str | Path, limit: int, side: int, multiple: int)
     for entry in picked:
         with Image.open(entry.path) as img:
             w, h = aspect_size(*img.size, side, multiple)
-        out.append((entry.path, PromptSpec(prompt=entry.caption, width=w, height=h)))
+        # the "|||" keep-order markers of training captions never reach a text encoder
+        caption = re.sub(r"\s*,?\s*\|\|\|\s*,?\s*", ", ", entry.caption).strip(" ,")
+        out.append((entry.path, PromptSpec(prompt=caption, width=w, height=h)))
     return out
 
 
