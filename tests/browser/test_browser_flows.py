@@ -87,6 +87,24 @@ def _wait_for_progress(page, after: int, timeout: float = 120) -> tuple[int, int
     raise AssertionError(f"the monitor did not move past step {after} in {timeout:.0f} s (shows {last})")
 
 
+def _shown_images(page) -> list[tuple[int, int]]:
+    """(width, height) of every decoded picture on screen in the outputs (the monitor's chart and samples)."""
+    return [tuple(s) for s in page.page.evaluate("""() => [...document.querySelectorAll(
+        '.jp-Notebook .jp-OutputArea-output img')].filter(img => img.complete && img.naturalWidth > 0
+        && img.getClientRects().length > 0).map(img => [img.naturalWidth, img.naturalHeight])""")]
+
+
+def _wait_for_pictures(page, count: int, timeout: float = 90.0) -> list[tuple[int, int]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = _shown_images(page)
+        if len(shown) >= count:
+            return shown
+        page.page.wait_for_timeout(500)
+    raise AssertionError(f"the monitor shows {len(_shown_images(page))} pictures after {timeout:.0f} s, expected "
+                         f"{count} (loss chart and samples)")
+
+
 @pytest.mark.skipif(not (ROOT / "notebooks" / "04_train.ipynb").exists(), reason="no training notebook yet")
 def test_training_progress_survives_reload(page, lab):
     page.open("04_train.ipynb")
@@ -107,6 +125,8 @@ def test_training_progress_survives_reload(page, lab):
     assert "checkpoints" in page.outputs_text(5), page.outputs_text(5)
     second = _wait_for_progress(page, after=first[0])
     assert second[1] >= 40, f"the run does not have the typed 40 epochs' steps: {second}"
+    # the samples panel: the template's prompts drawn at step 0 (and every epoch), a row per prompt over time
+    assert len(_wait_for_pictures(page, 2)) >= 2
 
     page.page.on("dialog", lambda d: d.accept())  # "leave with unsaved changes?" -> yes, as a person would
     page.reload()
