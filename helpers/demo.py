@@ -14,6 +14,7 @@ from pathlib import Path
 from helpers.captioning import demo as captioning_demo
 from helpers.dataset import demo as dataset_demo
 from helpers.download import demo as download_demo
+from helpers.generation import demo as generation_demo
 from helpers.lora import demo as lora_demo
 from helpers.models import demo as models_demo
 from helpers.training import demo as training_demo
@@ -30,6 +31,7 @@ STAGES: list[tuple[str, Callable]] = [
     ("trigger words", captioning_demo.trigger_check_step),
     ("training", training_demo.run_demo),
     ("lora", lora_demo.run_demo),
+    ("generation", generation_demo.run_demo),
 ]
 
 

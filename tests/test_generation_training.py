@@ -63,6 +63,36 @@ def test_sampling_writes_named_images_and_leaves_the_run_as_it_was(tmp_path, tin
     assert 0 in again.sampled and not again.due(0, 0)
 
 
+def test_samples_use_the_swapped_in_weights_only_when_due(tmp_path, tiny_sdxl_dir):
+    """With EMA on the loop passes ``ema.swapped_into``: sampling draws with those weights, and a step with no
+    samples due never pays for the swap."""
+    import contextlib
+
+    from helpers.models import load_model
+
+    bundle = load_model(tiny_sdxl_dir)
+    plan, entered = _plan(tmp_path, every_n_steps=2, at_start=False), []
+
+    @contextlib.contextmanager
+    def zeroed_unet():  # a stand-in for EMA weights that changes every image
+        saved = {k: v.clone() for k, v in bundle.unet.state_dict().items()}
+        entered.append(True)
+        with torch.no_grad():
+            for p in bundle.unet.parameters():
+                p.zero_()
+        yield
+        bundle.unet.load_state_dict(saved)
+
+    assert plan.maybe_sample(bundle, 1, 0, weights=zeroed_unet) == [] and not entered  # not due: no swap
+    plain = plan.maybe_sample(bundle, 2, 0)
+    swapped = plan.maybe_sample(bundle, 4, 0, weights=zeroed_unet)
+    assert entered == [True]
+    from PIL import Image
+
+    # same prompt, seed and settings at both steps: only the weights differ
+    assert not np.array_equal(np.asarray(Image.open(plain[0])), np.asarray(Image.open(swapped[0])))
+
+
 def test_bad_prompts_stop_before_training(tmp_path):
     from helpers.generation.prompts import PromptFileError
 

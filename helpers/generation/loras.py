@@ -212,11 +212,11 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 def lora_hash(path: str | os.PathLike) -> str:
     """A1111's LoRA hash: the first 12 hex digits of the sha256 of the data after the safetensors header."""
-    from helpers.lora.formats import _file_hashes  # the same sha256 sd-scripts stores as sshs_model_hash
+    from helpers.lora.formats import file_hashes  # the same sha256 sd-scripts stores as sshs_model_hash
 
     path = Path(path)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _HASHES:
-        _HASHES[key] = _file_hashes(path)[0][:12]
+        _HASHES[key] = file_hashes(path)[0][:12]
     return _HASHES[key]

@@ -142,13 +142,16 @@ class TrainingSamples:
         return (final or (c.every_n_steps > 0 and step % c.every_n_steps == 0)
                 or (epoch_end and c.every_n_epochs > 0 and (epoch + 1) % c.every_n_epochs == 0))
 
-    def maybe_sample(self, bundle, step: int, epoch: int, *, epoch_end: bool = False, final: bool = False
-                     ) -> list[Path]:
+    def maybe_sample(self, bundle, step: int, epoch: int, *, epoch_end: bool = False, final: bool = False,
+                     weights=None) -> list[Path]:
         """The training loop's one call: sample every prompt if step ``step`` of epoch ``epoch`` (0-based, the one
-        in progress) is due; ``epoch_end`` when this step finished the epoch, ``final`` for the last step."""
+        in progress) is due; ``epoch_end`` when this step finished the epoch, ``final`` for the last step.
+        ``weights``: a context-manager factory that swaps other weights in while sampling (the EMA's, when on);
+        entered only when a round is due, so no step pays for the swap."""
         if not self.due(step, epoch, epoch_end, final):
             return []
-        return self.sample(bundle, step=step, epoch=epoch + 1 if step else 0)
+        with weights() if weights is not None else contextlib.nullcontext():
+            return self.sample(bundle, step=step, epoch=epoch + 1 if step else 0)
 
     def settings(self, spec: PromptSpec, index: int):
         """The ``ImageSettings`` for one prompt: the config's defaults, then what its line sets."""

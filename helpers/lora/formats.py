@@ -227,7 +227,7 @@ def read_lora(path: str | os.PathLike, allow_pickle: bool = False) -> LoraFile:
 
 
 # ---------------------------------------------------------------- writing
-def _file_hashes(path: Path) -> tuple[str, str]:
+def file_hashes(path: Path) -> tuple[str, str]:
     """sha256 of the data after the header, and the legacy hash (8 hex of sha256 of 64 KiB at 1 MiB)."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
@@ -308,7 +308,7 @@ def write_lora(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metada
     os.close(fd)
     try:
         save_file(tensors, first, metadata={k: v for k, v in metadata.items() if k.startswith("ss_")})
-        metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = _file_hashes(Path(first))
+        metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = file_hashes(Path(first))
         with open(first, "rb") as src, open(final, "wb") as dst:
             n = int.from_bytes(src.read(8), "little")
             header = json.loads(src.read(n))

@@ -165,9 +165,10 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                                    every_n_minutes=cfg.saving.state_every_n_minutes):
                 save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches, ema)
                 last_state_time = time.monotonic()
-            # sample images when due (eval mode, training RNG untouched)
+            # sample images when due (eval mode, training RNG untouched; the EMA weights when EMA is on)
             samples.maybe_sample(bundle, position.step, position.epoch, final=position.step >= total_steps,
-                                 epoch_end=position.batch_in_epoch >= len(batches))
+                                 epoch_end=position.batch_in_epoch >= len(batches),
+                                 weights=ema.swapped_into if ema is not None else None)
             if position.step >= total_steps:
                 break
         if position.batch_in_epoch >= len(batches):  # epoch finished: next one starts at its first batch
@@ -282,13 +283,18 @@ def explain_nonfinite(what: str, vae_dtype: torch.dtype, unet_dtype: torch.dtype
 
 def start_accelerator(mixed_precision: str, device: str, find_unused: bool):
     """An ``accelerate.Accelerator`` (one process per GPU under ``accelerate launch``)."""
+    import datetime
+
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     if device.startswith("cuda:"):
         torch.cuda.set_device(int(device.split(":")[1]))
     # SDXL TE1's last layer is unused (penultimate output), so DDP must allow unused parameters
-    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=find_unused)]
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=find_unused),
+              # rank 0 draws samples and writes checkpoints while the others wait at their next collective:
+              # give that more than the default 10 minutes before the process group gives up
+              InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=60))]
     return Accelerator(mixed_precision=mixed_precision, cpu=device == "cpu", kwargs_handlers=kwargs)
 
 
