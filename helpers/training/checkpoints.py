@@ -16,7 +16,6 @@ import errno
 import json
 import os
 import random
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,8 +25,7 @@ from typing import Literal
 import torch
 
 from helpers.config import option
-
-STATE_PREFIX = "step-"
+from helpers.workspace import PERIODIC, STATE_PREFIX, checkpoint_name, list_states  # noqa: F401  RunPaths names files
 
 
 @dataclass
@@ -79,10 +77,9 @@ def prune_checkpoints(folder: Path, run_name: str, keep_last: int) -> list[Path]
     as one); returns the deleted paths. Final files (``<run>.safetensors``, ``<run>-noema.safetensors``) stay."""
     if keep_last <= 0:
         return []
-    periodic = re.compile(rf"^{re.escape(run_name)}-([es]\d+)(-noema)?\.safetensors$")
     saves: dict[str, list[Path]] = {}
     for path in folder.glob(f"{run_name}-*.safetensors"):
-        match = periodic.match(path.name)
+        match = PERIODIC.match(path.name[len(run_name):])
         if match:
             saves.setdefault(match.group(1), []).append(path)
     newest_first = sorted(saves.values(), key=lambda paths: max(p.stat().st_mtime_ns for p in paths), reverse=True)
@@ -90,17 +87,6 @@ def prune_checkpoints(folder: Path, run_name: str, keep_last: int) -> list[Path]
     for path in gone:
         path.unlink(missing_ok=True)
     return gone
-
-
-def checkpoint_name(run_name: str, *, epoch: int | None = None, step: int | None = None, noema: bool = False) -> str:
-    """``<run>-e0003``, ``<run>-s00001200`` or final ``<run>``; ``noema`` names the raw-weights twin of an EMA
-    file (``-noema`` suffix)."""
-    suffix = "-noema.safetensors" if noema else ".safetensors"
-    if epoch is not None:
-        return f"{run_name}-e{epoch:04d}{suffix}"
-    if step is not None:
-        return f"{run_name}-s{step:08d}{suffix}"
-    return f"{run_name}{suffix}"
 
 
 # ---------------------------------------------------------------- training state
@@ -200,14 +186,6 @@ def save_training_state(folder: Path, step: int, *, weights: dict[str, torch.Ten
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)
     return final
-
-
-def list_states(folder: Path) -> list[Path]:
-    """Complete state folders (with ``trainer.json``), oldest first."""
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.glob(f"{STATE_PREFIX}*") if p.is_dir() and (p / "trainer.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(STATE_PREFIX):]))
 
 
 def find_latest_state(folder: Path) -> Path | None:
