@@ -135,8 +135,10 @@ def job_status(run: RunPaths) -> JobStatus:
                      pid=pid, warnings=list(status.get("warnings") or []), **fields)
 
 
-def stop_job(run: RunPaths, timeout: float = 60.0) -> JobStatus:
-    """Ask the trainer to stop (SIGTERM to its process group), then kill it if it does not within ``timeout``."""
+def stop_job(run: RunPaths, timeout: float = 180.0) -> JobStatus:
+    """Ask the trainer to stop: SIGTERM to its process, which finishes the step it is on, saves resumable state
+    and exits 0 (``helpers.training.interrupt``); its process group is killed if it has not ended within
+    ``timeout`` s (an SDXL state takes ~20-60 s to write on a local disk)."""
     job = read_json(run.job)
     pid = job.get("pid")
     if not _pid_alive(pid):
@@ -144,7 +146,7 @@ def stop_job(run: RunPaths, timeout: float = 60.0) -> JobStatus:
     job["stopped"] = time.time()
     write_text_atomic(run.job, json.dumps(job, indent=1))
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)  # the trainer alone: its loader workers end when it does
     except ProcessLookupError:
         return job_status(run)
     deadline = time.time() + timeout
@@ -221,7 +223,5 @@ def latest_run(ws: Workspace) -> RunPaths | None:
 
 def run_outputs(run: RunPaths) -> dict[str, list[str]]:
     """What a run has written so far: model checkpoints and resumable states."""
-    from helpers.training.checkpoints import list_states
-
     return {"checkpoints": sorted(str(p) for p in run.checkpoints.glob("*.safetensors")),
-            "states": [str(p) for p in list_states(run.state)] if run.state.exists() else []}
+            "states": [str(p) for p in run.states()]}

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from helpers.config import ConfigError, load_config, save_config, validate
     from helpers.models import CheckpointError, DiskSpaceError
+    from helpers.training import interrupt
     from helpers.training.checkpoints import SaveError
     from helpers.training.config import TrainConfig
     from helpers.training.data import DataError
@@ -68,13 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     if config_path.resolve() != run.config.resolve():
         save_config(cfg, run.config)  # the run folder always holds what it ran with
     show = {"auto": None, "on": True, "off": False}[args.progress]
+    interrupt.install()  # SIGTERM / Ctrl-C: finish the step, save state, exit 0
     try:
         result = train(cfg, run_dir, resume=args.resume, models_dir=ws.models if ws else None,
                        cache_dir=ws.cache if ws else None, show_progress=show)
+    except interrupt.StopRequested as exc:
+        print(f"stopped ({exc}): nothing was trained, nothing to save")
+        return 0
     except (DataError, TrainingError, SaveError, CheckpointError, DiskSpaceError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if os.environ.get("RANK", "0") == "0":  # one line, not one per GPU process
+    if os.environ.get("RANK", "0") != "0":  # one line, not one per GPU process
+        return 0
+    if result.get("stopped"):
+        print(f"stopped by {result['stopped']} at step {result['steps']}: state saved; continue with "
+              f"--resume latest")
+    else:
         print(f"done: {result['steps']} steps, model: {result['final']}")
     return 0
 
