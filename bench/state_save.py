@@ -5,7 +5,7 @@ trainer's own ``save_training_state`` (fsync included, so the figure is the disk
 into ``--folder`` (default: a temp folder on the disk it is run from; run it on the workspace disk), and scales
 the time to the real states of the GPU templates: SDXL full fine-tune, U-Net + both text encoders trained (3.39 B
 parameters), AdamW8bit: 13.5 GB weights + 6.9 GB moments = 20.5 GB (A6000 template); + 13.5 GB fp32 EMA = 34 GB
-(A100 template).
+(A100 template) — the sizes come from the pre-flight's ``state_gb`` with each template's settings.
 
 The cadence: Young's first-order optimum interval between checkpoints, T = sqrt(2 · C · M) for save time C and
 mean time between interruptions M (J. W. Young, "A first order approximation to the optimum checkpoint interval",
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-TEMPLATE_STATES_GB = {"sdxl_finetune_a6000": 20.5, "sdxl_finetune_a100 (EMA)": 34.0}
+TEMPLATES = ("sdxl_finetune_a6000", "sdxl_finetune_a100")
 INTERRUPTION_HOURS = (2, 6, 24)  # mean time between spot pauses: busy market, typical, rare
 
 
@@ -57,9 +57,24 @@ def measure(folder: Path, gb: float) -> dict:
             "gb_per_s": round(size / 1e9 / min(times), 3)}
 
 
+def template_state(name: str) -> tuple[float, float]:
+    """A GPU template's state size with the real SDXL (the pre-flight's formula) and its state cadence."""
+    from helpers.config import build_config
+    from helpers.training import preflight
+    from helpers.training.config import TrainConfig
+
+    cfg = build_config(TrainConfig, name)
+    te1, te2 = preflight.trained_text_encoders(cfg, "sdxl")
+    p = preflight.PARAMS["sdxl"]
+    trained = p["unet"] + (p["te1"] if te1 else 0) + (p["te2"] if te2 else 0)
+    gb = preflight.state_gb(trained, cfg.optimizer.optimizer, cfg.precision.full_half_precision, cfg.ema.enabled)
+    return round(gb, 1), cfg.saving.state_every_n_minutes
+
+
 def cadence(gb_per_s: float) -> dict:
     out = {}
-    for name, gb in TEMPLATE_STATES_GB.items():
+    for name in TEMPLATES:
+        gb, minutes = template_state(name)
         save_s = gb / gb_per_s
         rows = {}
         for hours in INTERRUPTION_HOURS:
@@ -67,6 +82,9 @@ def cadence(gb_per_s: float) -> dict:
             rows[f"mtbf_{hours}h"] = {"interval_min": round(interval / 60, 1),
                                       "overhead_pct": round(100 * save_s / interval, 2)}
         rows["at_15_min"] = {"overhead_pct": round(100 * save_s / 900, 2), "mean_loss_min": 7.5}
+        if minutes:
+            rows["at_template_cadence"] = {"every_min": minutes, "overhead_pct": round(100 * save_s / minutes / 60, 2),
+                                           "mean_loss_min": minutes / 2}
         out[name] = {"state_gb": gb, "save_s": round(save_s, 1), **rows}
     return out
 

@@ -32,8 +32,8 @@ VAE_ENCODE_FLOPS_1024 = 4.88e12
 # checkpointing; 48 GB without). Scales with pixel count.
 ACTIVATION_GB = {"sdxl": (14.0, 3.0), "sd15": (4.0, 1.0)}
 # Dense bf16/fp16 tensor-core peaks (vendor datasheets) for the GPUs people rent.
-GPU_PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "L40": 181, "A6000": 155, "A40": 150,
-                   "4090": 165, "3090": 71, "A10": 125, "L4": 121, "T4": 65, "V100": 125}
+GPU_PEAK_TFLOPS = {"H200": 989, "H100 PCIE": 756, "H100": 989, "A100": 312, "L40S": 362, "L40": 181, "A6000": 155,
+                   "A40": 150, "4090": 165, "3090": 71, "A10": 125, "L4": 121, "T4": 65, "V100": 125}
 MFU = 0.35  # ~ what PyTorch SDXL sustains: 110 of 312 TFLOPS on an A100 at inference (HF TensorRT card)
 CONTEXT_GB = 1.5  # CUDA context, allocator slack, cuDNN workspaces
 
@@ -93,6 +93,7 @@ def optimizer_bytes_per_param(optimizer: str, weight_bytes: int) -> float:
 
 
 def gpu_peak_tflops(gpu_name: str) -> float | None:
+    """Dense bf16 peak of a GPU by name ("NVIDIA H100 PCIe" before "H100": the table's order matters)."""
     name = gpu_name.upper().replace("RTX ", "").replace("NVIDIA ", "")
     for key, value in GPU_PEAK_TFLOPS.items():
         if key in name:
