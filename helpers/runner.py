@@ -41,6 +41,8 @@ class JobStatus:
     eta_s: float | None = None
     peak_memory_gb: float | None = None
     last_checkpoint: str | None = None
+    last_state_at: float | None = None  # when the newest resumable state was written (the last safe point)
+    last_state_step: int | None = None
     error: str | None = None
     pid: int | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. a resume with edited learning rates
@@ -123,10 +125,13 @@ def job_status(run: RunPaths) -> JobStatus:
     if not job and not status:
         return JobStatus("not started", False)
     state = status.get("state", "starting")
-    if not alive and state in ("starting", "caching", "training"):
+    if not alive and state in ("starting", "loading", "caching", "training"):
         state = "stopped" if job.get("stopped") else "died"
     fields = {k: status.get(k) for k in ("loss", "lr", "images_per_s", "eta_s", "peak_memory_gb",
-                                          "last_checkpoint", "error")}
+                                          "last_checkpoint", "last_state_at", "last_state_step", "error")}
+    if fields["last_state_at"] is None and status.get("last_state"):  # resumed, no save since: the state's own time
+        saved = read_json(Path(status["last_state"]) / "trainer.json")
+        fields["last_state_at"], fields["last_state_step"] = saved.get("saved_at"), saved.get("step")
     if state == "died" and not fields["error"]:
         fields["error"] = "the training process ended without a word: see " + str(run.stdout) + \
                           " (out of memory kills are the usual cause); resume it to continue from the last state"

@@ -81,6 +81,22 @@ def check_data(cfg, ws) -> int:
     return 0
 
 
+def write_preflight(run, cfg, ws) -> None:
+    """The estimate the run starts with, in ``preflight.json`` (the monitor's speed watch and disk warnings read
+    it); its problems are printed, and nothing here ever stops training."""
+    from helpers.changes import write_text_atomic
+    from helpers.training.dryrun import dry_run_report
+
+    try:
+        report = dry_run_report(cfg, ws, gpus=int(os.environ.get("WORLD_SIZE", "1")), run_dir=run.root)
+        write_text_atomic(run.preflight, json.dumps(report, indent=1, ensure_ascii=False))
+    except Exception as exc:  # an estimate must never cost the run
+        print(f"warning: no pre-flight estimate ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return
+    for message in report["errors"] + [w for w in report["warnings"] if w.startswith("disk")]:
+        print(f"pre-flight: {message}", file=sys.stderr)
+
+
 def run_training(cfg, config_path: Path, run_dir: Path, ws, args) -> int:
     """Train (the process handles SIGTERM politely), then write the run's summary; 0 also when stopped."""
     from helpers.config import ConfigError, save_config
@@ -95,6 +111,8 @@ def run_training(cfg, config_path: Path, run_dir: Path, ws, args) -> int:
     if config_path.resolve() != run.config.resolve():
         save_config(cfg, run.config)  # the run folder always holds what it ran with
     show = {"auto": None, "on": True, "off": False}[args.progress]
+    if os.environ.get("RANK", "0") == "0":
+        write_preflight(run, cfg, ws)
     interrupt.install()  # SIGTERM / Ctrl-C: finish the step, save state, exit 0
     try:
         result = train(cfg, run_dir, resume=args.resume, models_dir=ws.models if ws else None,

@@ -179,9 +179,10 @@ def count_unet_train_flops(unet_config: dict, resolution: int, tokens: int = 77)
     return float(counter.get_total_flops())
 
 
-def read_model_size(base_model: str, models_dir: Path | None) -> ModelSize:
+def read_model_size(base_model: str, models_dir: Path | None, resolution: int | None = None) -> ModelSize:
     """Sizes of the chosen model from its file headers (no weights read); raises OSError/ValueError when it
-    cannot be read here (a Hub id not downloaded yet, a pickle file, a damaged file)."""
+    cannot be read here (a Hub id not downloaded yet, a pickle file, a damaged file). A U-Net of another size
+    than the real one has its FLOPs counted at ``resolution`` (default: the native one)."""
     from helpers.models import open_checkpoint
     from helpers.models.checkpoint import summarize_checkpoint
     from helpers.models.loader import component_config
@@ -197,22 +198,25 @@ def read_model_size(base_model: str, models_dir: Path | None) -> ModelSize:
         arch = ck.arch
     params = {c: int(info["parameters"]) for c, info in summary["components"].items()}
     real = real_model_size(arch)
-    if math.isclose(params.get("unet", 0), real.params["unet"], rel_tol=0.005):
-        flops = real.train_flops  # the real U-Net: its counted FLOPs, no need to count again
-    else:  # another size (a tiny test model, a distilled U-Net): count its own, scale activations alike
-        flops = count_unet_train_flops(unet_config, real.native_res)
-    ratio = flops / real.train_flops
-    activations = (real.activation_gb[0] * ratio, real.activation_gb[1] * ratio)
+    res, flops = real.native_res, real.train_flops  # the real U-Net: its counted FLOPs, no need to count again
+    if not math.isclose(params.get("unet", 0), real.params["unet"], rel_tol=0.005):
+        # another size (a tiny test model, a distilled U-Net): count its own where it trains, and scale the
+        # activation memory by its FLOPs against the real U-Net's there
+        res = resolution or real.native_res
+        flops = count_unet_train_flops(unet_config, res)
+    pixels = (res / real.native_res) ** 2
+    ratio = flops / (real.train_flops * pixels ** 1.1)  # the estimate's own scaling of the real U-Net's FLOPs
+    activations = (real.activation_gb[0] * ratio * pixels, real.activation_gb[1] * ratio * pixels)
     total = sum(params.values())
-    return ModelSize(arch, params, flops, real.native_res, activations,
+    return ModelSize(arch, params, flops, res, activations,
                      f"read from {path.name} ({total / 1e9:.3g} B parameters)" if total >= 1e8 else
                      f"read from {path.name} ({total / 1e6:.3g} M parameters)")
 
 
-def model_size_for(base_model: str, models_dir: Path | None, arch: str) -> ModelSize:
+def model_size_for(base_model: str, models_dir: Path | None, arch: str, resolution: int | None = None) -> ModelSize:
     """``read_model_size``, or the real sizes of ``arch`` with the reason the model could not be read."""
     try:
-        return read_model_size(base_model, models_dir)
+        return read_model_size(base_model, models_dir, resolution)
     except Exception as exc:  # unreadable for any reason: the estimate still answers, and says why
         real = real_model_size(arch)
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
@@ -290,7 +294,7 @@ def estimate_config(cfg, ws, gpu_name: str | None = None, vram_gb: float | None 
         gpu_name, vram_gb = detect_gpu()
     models_dir = ws.models if ws else None
     guess = arch or (cfg.model.arch if cfg.model.arch != "auto" else "sdxl")
-    model = model_size_for(cfg.model.base_model, models_dir, guess)
+    model = model_size_for(cfg.model.base_model, models_dir, guess, cfg.data.resolution)
     arch = model.arch
     o, d, pr = cfg.optimizer, cfg.data, cfg.precision
     te1, te2 = trained_text_encoders(cfg, arch)
