@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -97,8 +98,21 @@ def write_preflight(run, cfg, ws) -> None:
         print(f"pre-flight: {message}", file=sys.stderr)
 
 
+def write_summary(run, result: dict) -> None:
+    """``summary.json``: what the run did and what it cost so far (every start of it, from the cost ledger)."""
+    from helpers import ledger
+    from helpers.changes import write_text_atomic
+
+    hours = ledger.stage_hours(run.root, "training", detail=run.name)
+    summary = {"run": run.name, "steps": result["steps"], "final_model": result.get("final"),
+               "stopped": result.get("stopped"), "ended": time.time(), "training_hours": hours,
+               "cost": ledger.run_cost_line(run.root, hours) if ledger.find_workspace_root(run.root) else None}
+    write_text_atomic(run.summary, json.dumps(summary, indent=1))
+
+
 def run_training(cfg, config_path: Path, run_dir: Path, ws, args) -> int:
     """Train (the process handles SIGTERM politely), then write the run's summary; 0 also when stopped."""
+    from helpers import ledger
     from helpers.config import ConfigError, save_config
     from helpers.models import CheckpointError, DiskSpaceError
     from helpers.training import interrupt
@@ -114,17 +128,20 @@ def run_training(cfg, config_path: Path, run_dir: Path, ws, args) -> int:
     if os.environ.get("RANK", "0") == "0":
         write_preflight(run, cfg, ws)
     interrupt.install()  # SIGTERM / Ctrl-C: finish the step, save state, exit 0
+    main_process = os.environ.get("RANK", "0") == "0"
     try:
-        result = train(cfg, run_dir, resume=args.resume, models_dir=ws.models if ws else None,
-                       cache_dir=ws.cache if ws else None, show_progress=show)
+        with ledger.stage(run.root if main_process else None, "training", detail=run.name):  # paid time
+            result = train(cfg, run_dir, resume=args.resume, models_dir=ws.models if ws else None,
+                           cache_dir=ws.cache if ws else None, show_progress=show)
     except interrupt.StopRequested as exc:
         print(f"stopped ({exc}): nothing was trained, nothing to save")
         return 0
     except (DataError, TrainingError, SaveError, CheckpointError, DiskSpaceError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if os.environ.get("RANK", "0") != "0":  # one line, not one per GPU process
+    if not main_process:  # one line, not one per GPU process
         return 0
+    write_summary(run, result)
     if result.get("stopped"):
         print(f"stopped by {result['stopped']} at step {result['steps']}: state saved; continue with "
               f"--resume latest")
