@@ -76,21 +76,25 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def training_command(config_path: Path, num_gpus: int = 1, resume: str | None = None,
-                     workspace: Path | None = None, python: str = sys.executable) -> list[str]:
+                     workspace: Path | None = None, python: str = sys.executable,
+                     stop_instance_when_done: bool = False) -> list[str]:
     """The command line that trains one run (``accelerate launch`` when more than one GPU is used)."""
     args = ["-m", "helpers.training", str(config_path)]
     if workspace is not None:
         args += ["--workspace", str(workspace)]
     if resume:
         args += ["--resume", resume]
+    if stop_instance_when_done:
+        args += ["--stop-instance-when-done"]
     if num_gpus > 1:
         return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus), *args]
     return [python, *args]
 
 
 def start_job(run: RunPaths, config: Any = None, *, num_gpus: int = 1, resume: str | None = None,
-              env: dict[str, str] | None = None) -> JobStatus:
+              env: dict[str, str] | None = None, stop_instance_when_done: bool = False) -> JobStatus:
     """Launch the run detached. ``config`` (a TrainConfig) is saved first; None reuses the saved one.
+    ``stop_instance_when_done`` stops this rented machine when training finishes (``helpers.instance``; off).
 
     Refuses to start a second process on a run whose process is still alive.
     """
@@ -105,7 +109,8 @@ def start_job(run: RunPaths, config: Any = None, *, num_gpus: int = 1, resume: s
         save_config(config, run.config)
     elif not run.config.exists():
         raise FileNotFoundError(f"run '{run.name}' has no config.toml: pass a config")
-    cmd = training_command(run.config, num_gpus=num_gpus, resume=resume, workspace=run.root.parent.parent)
+    cmd = training_command(run.config, num_gpus=num_gpus, resume=resume, workspace=run.root.parent.parent,
+                           stop_instance_when_done=stop_instance_when_done)
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH")]))
     write_text_atomic(run.status, json.dumps({"state": "starting", "step": 0}))

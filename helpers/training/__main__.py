@@ -142,11 +142,15 @@ def run_training(cfg, config_path: Path, run_dir: Path, ws, args) -> int:
     if not main_process:  # one line, not one per GPU process
         return 0
     write_summary(run, result)
-    if result.get("stopped"):
+    if result.get("stopped"):  # someone (or the provider) is stopping it: not ours to stop the machine too
         print(f"stopped by {result['stopped']} at step {result['steps']}: state saved; continue with "
               f"--resume latest")
-    else:
-        print(f"done: {result['steps']} steps, model: {result['final']}")
+        return 0
+    print(f"done: {result['steps']} steps, model: {result['final']}")
+    if args.stop_instance_when_done:
+        from helpers.instance import stop_instance
+
+        stop_instance("training finished")
     return 0
 
 
