@@ -19,9 +19,12 @@ import json
 import shutil
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 from helpers.changes import write_text_atomic
+from helpers.config import option
 from helpers.workspace import RunPaths, Workspace
 
 KINDS = {"final": "final model", "intermediate": "intermediate model files", "loras": "LoRAs from the run",
@@ -34,6 +37,32 @@ DESTROY_WARNING = ("Nothing on this instance survives destroying it: a stopped i
 
 class ResultsError(ValueError):
     """Nothing to upload or pack, or no room for the archive; the message says what to do."""
+
+
+@dataclass
+class UploadConfig:
+    """Notebooks 04/05: get a run's results off this machine (nothing happens until you choose an action)."""
+
+    format_version: ClassVar[int] = 1
+    action: Literal["nothing", "upload", "pack"] = option("nothing", help="upload to a Hugging Face repo, or pack "
+                                                          "into one zip in exports/ to download")
+    run: str = option("", help="the run whose results go")
+    include: list[str] = option(list(DEFAULT_KINDS), help=f"which results: {', '.join(KINDS)}")
+    repo: str = option("", help="Hub repo for 'upload': owner/name, or name (under your user)")
+    private: bool = option(True, help="a new repo is private (uncheck for public)")
+    stop_instance_when_done: bool = option(False, help="stop this rented machine after a successful upload "
+                                           "(vastai / runpodctl; the disk still bills until you destroy it)")
+
+    def check(self) -> dict[str, str]:
+        problems = {}
+        if self.action == "upload" and not self.repo.strip():
+            problems["repo"] = "name the Hub repo to upload to (owner/name, or name under your user)"
+        if self.action != "nothing" and not self.run:
+            problems["run"] = "choose the run whose results go"
+        unknown = sorted(set(self.include) - set(KINDS))
+        if unknown:
+            problems["include"] = f"unknown: {', '.join(unknown)}; choose from {', '.join(KINDS)}"
+        return problems
 
 
 def run_files(ws: Workspace, run: RunPaths, include=DEFAULT_KINDS) -> dict[str, Path]:
@@ -172,3 +201,39 @@ def remind(ws: Workspace, echo=print) -> list[str]:
     for line in lines:
         echo(line)
     return lines
+
+
+def suggest_upload(ws: Workspace, include=DEFAULT_KINDS) -> UploadConfig:
+    """The newest run with a final model (else the newest run) and these kinds; action 'nothing'."""
+    runs = [ws.run(n) for n in ws.list_runs()] if ws.runs.is_dir() else []
+    runs.sort(key=lambda r: r.root.stat().st_mtime, reverse=True)
+    finished = [r for r in runs if r.final_models()]
+    chosen = (finished or runs or [None])[0]
+    return UploadConfig(run=chosen.name if chosen else "", include=list(include))
+
+
+def run_results_step(ws: Workspace, cfg: UploadConfig):
+    """The notebook cell: upload or pack as chosen (a problem is a message, not a traceback), then the reminder."""
+    from helpers.hub.upload import HubUploadError
+    from helpers.ui.errors import stage_failed
+
+    done = None
+    try:
+        if cfg.action == "upload":
+            done = upload_run(ws, ws.run(cfg.run), cfg.repo.strip(), cfg.include, private=cfg.private)
+            print(done.summary())
+        elif cfg.action == "pack":
+            done = pack_run(ws, ws.run(cfg.run), cfg.include)
+            print(f"{done['path']}: {done['bytes'] / 1e9:.2f} GB, {done['files']} files, sha256 {done['sha256']} "
+                  "(Jupyter's file browser: right-click, Download; then `sha256sum -c` the .sha256 file)")
+        else:
+            print("nothing uploaded or packed: choose an action above")
+    except (HubUploadError, ResultsError, ValueError) as exc:
+        stage_failed(str(exc), "results")
+        done = None
+    remind(ws)
+    if done is not None and cfg.action == "upload" and cfg.stop_instance_when_done:
+        from helpers.instance import stop_instance
+
+        stop_instance("upload finished")
+    return done
