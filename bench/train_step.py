@@ -34,27 +34,36 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def build_real_sdxl(device: torch.device):
-    """SDXL with random weights from the shipped configs (U-Net 2.6 B, VAE, CLIP-L + bigG)."""
+
+def build_real_model(arch: str, device: torch.device):
+    """SDXL (U-Net 2.6 B, VAE, CLIP-L + bigG) or SD 1.5 (U-Net 0.86 B, VAE, CLIP-L) with random weights from the
+    shipped configs: the real FLOPs and memory."""
+    import tempfile
+
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from helpers.models.tiny import build_tokenizer
 
-    cfg = Path(__file__).resolve().parent.parent / "helpers" / "models" / "configs" / "sdxl"
+    cfg = Path(__file__).resolve().parent.parent / "helpers" / "models" / "configs" / arch
     read = lambda p: json.loads((cfg / p).read_text())  # noqa: E731
+    sdxl = arch == "sdxl"
     with torch.device(device):
         unet = UNet2DConditionModel.from_config(read("unet/config.json"))
         vae = AutoencoderKL.from_config(read("vae/config.json"))
-        te1 = CLIPTextModel(CLIPTextConfig(**read("text_encoder/config.json")))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**read("text_encoder_2/config.json")))
-    import tempfile
-
+        encoders = [CLIPTextModel(CLIPTextConfig(**read("text_encoder/config.json")))]
+        if sdxl:
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**read("text_encoder_2/config.json"))))
     tok_dir = Path(tempfile.mkdtemp(prefix="bench-tok-"))
-    toks = [build_tokenizer(tok_dir / "t1"), build_tokenizer(tok_dir / "t2", "!")]
+    toks = [build_tokenizer(tok_dir / "t1")] + ([build_tokenizer(tok_dir / "t2", "!")] if sdxl else [])
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
-    return types.SimpleNamespace(arch="sdxl", prediction="epsilon", unet=unet, vae=vae, text_encoders=[te1, te2],
+    return types.SimpleNamespace(arch=arch, prediction="epsilon", unet=unet, vae=vae, text_encoders=encoders,
                                  tokenizers=toks, noise_scheduler=sched)
+
+
+def build_real_sdxl(device: torch.device):
+    """The real SDXL architecture with random weights (``bench/generation.py`` builds it from here too)."""
+    return build_real_model("sdxl", device)
 
 
 def build_tiny_sdxl():
@@ -67,27 +76,6 @@ def build_tiny_sdxl():
     return types.SimpleNamespace(arch="sdxl", prediction="epsilon", unet=pipe.unet, vae=pipe.vae,
                                  text_encoders=[pipe.text_encoder, pipe.text_encoder_2],
                                  tokenizers=[pipe.tokenizer, pipe.tokenizer_2], noise_scheduler=sched)
-
-
-def build_real_sd15(device: torch.device):
-    """SD 1.5 with random weights from the shipped configs (U-Net 0.86 B, VAE, CLIP-L)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from helpers.models.tiny import build_tokenizer
-
-    cfg = Path(__file__).resolve().parent.parent / "helpers" / "models" / "configs" / "sd15"
-    read = lambda p: json.loads((cfg / p).read_text())  # noqa: E731
-    with torch.device(device):
-        unet = UNet2DConditionModel.from_config(read("unet/config.json"))
-        vae = AutoencoderKL.from_config(read("vae/config.json"))
-        te1 = CLIPTextModel(CLIPTextConfig(**read("text_encoder/config.json")))
-    import tempfile
-
-    tok = build_tokenizer(Path(tempfile.mkdtemp(prefix="bench-tok-")) / "t1")
-    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
-    return types.SimpleNamespace(arch="sd15", prediction="epsilon", unet=unet, vae=vae, text_encoders=[te1],
-                                 tokenizers=[tok], noise_scheduler=sched)
 
 
 def template_settings(name: str) -> dict:
@@ -279,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
               "latents": "encoded each step" if args.pixels else "cached (VAE not in the step)", "runs": []}
     for resolution in resolutions:
         if cuda:
-            bundle = build_real_sdxl(torch.device(device)) if args.arch == "sdxl" else build_real_sd15(torch.device(device))
+            bundle = build_real_model(args.arch, torch.device(device))
         else:
             bundle = build_tiny_sdxl()
         run = bench_steps(bundle, resolution=resolution, batch_size=args.batch_size, steps=steps,
