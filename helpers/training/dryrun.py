@@ -64,10 +64,7 @@ def _model_saves(cfg, epochs: int, steps: int) -> int:
 def disk_needs(cfg, est: preflight.Estimate, steps: int, images_per_epoch: int) -> tuple[dict[str, float], float]:
     """GB the run fills at its fullest (``preflight.estimate_disk`` with this config's saving settings), and GB
     of its first files (latent cache, one model file, one state): less free than that and it fails early."""
-    s = cfg.saving
-    te1, te2 = preflight.trained_text_encoders(cfg, "sdxl" if "te2" in est.params else "sd15")
-    trained = est.params.get("unet", 0) + (est.params.get("te1", 0) if te1 else 0) + \
-        (est.params.get("te2", 0) if te2 else 0)
+    s, trained = cfg.saving, est.trained_params
     states = (s.state_every_n_steps > 0 and steps >= s.state_every_n_steps) or s.state_every_n_minutes > 0
     parts = preflight.estimate_disk(
         params=est.params, trained_params=trained, optimizer=cfg.optimizer.optimizer,

@@ -71,6 +71,7 @@ class Estimate:
     speed_source: str = ""  # "measured (RTX 4090, OneTrainer: https://...)" or "FLOP model (...)"
     model_source: str = ""  # "read from model.safetensors" or "the real SDXL sizes (...)"
     params: dict[str, int] = field(default_factory=dict)
+    trained_params: int = 0  # what the optimizer updates (and a training state holds)
 
     def summary(self) -> str:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in self.vram_parts.items())
@@ -154,7 +155,7 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
     if mixed_precision == "fp16" and full_half:
         notes.append("full fp16 needs AdamW8bit or it NaNs (the guide's experience)")
     return Estimate(round(vram, 1), {k: round(v, 1) for k, v in parts.items()}, ips, total_images,
-                    hours, cost, fits, notes, speed_source, model.source, dict(p))
+                    hours, cost, fits, notes, speed_source, model.source, dict(p), trained)
 
 
 def count_unet_train_flops(unet_config: dict, resolution: int, tokens: int = 77) -> float:
