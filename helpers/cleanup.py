@@ -307,7 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     delete.add_argument("--final-models-too", action="store_true", help="allow paths that hold a final model")
     delete.add_argument("--yes", action="store_true", help="delete for real")
     args = parser.parse_args(argv)
-    ws = Workspace.open(args.workspace, create=False) if args.workspace else Workspace.open(create=False)
+    try:
+        ws = Workspace.open(args.workspace, create=False)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.cmd == "report":
         print(format_report(disk_report(ws)))
         return 0
