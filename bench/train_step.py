@@ -9,6 +9,13 @@ meta device: 20.2 TFLOP at 1024²) / the GPU's dense bf16 peak.
     python bench/train_step.py --device cuda --optimizer AdamW --gradient-checkpointing --train-text-encoder
     python bench/train_step.py --count-flops-only       # FLOPs per image of the real configs (CPU, seconds)
     python bench/train_step.py --device cuda --ema cpu  # EMA kept in CPU memory: its update time per step
+    python bench/train_step.py --template sdxl_finetune_a6000 --resolutions 1024   # a template's settings
+    python bench/train_step.py --arch sd15 --resolutions 512                       # SD 1.5
+    python bench/train_step.py --template sdxl_finetune_a6000 --calibrate          # + a row in speeds.toml
+
+Every run is compared with the pre-flight's FLOP-model estimate for the same settings (images/s, VRAM):
+``vs_estimate`` > 1 means faster / more memory than estimated. ``--calibrate`` (CUDA only) appends each run to
+``helpers/training/speeds.toml``, after which the pre-flight quotes it as "measured".
 
 The step is ``helpers.training.loop.run_optimizer_step`` on cached-latent batches (``--pixels`` adds the VAE
 encode, as a run without latent cache does).
@@ -27,32 +34,36 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# dense bf16/fp16 tensor-core peaks (TFLOPS, no sparsity) from NVIDIA datasheets
-PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "A6000": 154.8, "A40": 149.7,
-               "L40S": 362.0, "L4": 121.0, "4090": 165.2, "3090": 71.0}
 
+def build_real_model(arch: str, device: torch.device):
+    """SDXL (U-Net 2.6 B, VAE, CLIP-L + bigG) or SD 1.5 (U-Net 0.86 B, VAE, CLIP-L) with random weights from the
+    shipped configs: the real FLOPs and memory."""
+    import tempfile
 
-def build_real_sdxl(device: torch.device):
-    """SDXL with random weights from the shipped configs (U-Net 2.6 B, VAE, CLIP-L + bigG)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from helpers.models.tiny import build_tokenizer
 
-    cfg = Path(__file__).resolve().parent.parent / "helpers" / "models" / "configs" / "sdxl"
+    cfg = Path(__file__).resolve().parent.parent / "helpers" / "models" / "configs" / arch
     read = lambda p: json.loads((cfg / p).read_text())  # noqa: E731
+    sdxl = arch == "sdxl"
     with torch.device(device):
         unet = UNet2DConditionModel.from_config(read("unet/config.json"))
         vae = AutoencoderKL.from_config(read("vae/config.json"))
-        te1 = CLIPTextModel(CLIPTextConfig(**read("text_encoder/config.json")))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**read("text_encoder_2/config.json")))
-    import tempfile
-
+        encoders = [CLIPTextModel(CLIPTextConfig(**read("text_encoder/config.json")))]
+        if sdxl:
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**read("text_encoder_2/config.json"))))
     tok_dir = Path(tempfile.mkdtemp(prefix="bench-tok-"))
-    toks = [build_tokenizer(tok_dir / "t1"), build_tokenizer(tok_dir / "t2", "!")]
+    toks = [build_tokenizer(tok_dir / "t1")] + ([build_tokenizer(tok_dir / "t2", "!")] if sdxl else [])
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
-    return types.SimpleNamespace(arch="sdxl", prediction="epsilon", unet=unet, vae=vae, text_encoders=[te1, te2],
+    return types.SimpleNamespace(arch=arch, prediction="epsilon", unet=unet, vae=vae, text_encoders=encoders,
                                  tokenizers=toks, noise_scheduler=sched)
+
+
+def build_real_sdxl(device: torch.device):
+    """The real SDXL architecture with random weights (``bench/generation.py`` builds it from here too)."""
+    return build_real_model("sdxl", device)
 
 
 def build_tiny_sdxl():
@@ -67,30 +78,53 @@ def build_tiny_sdxl():
                                  tokenizers=[pipe.tokenizer, pipe.tokenizer_2], noise_scheduler=sched)
 
 
-def count_unet_train_flops(unet_config: dict, resolution: int, text_dim: int = 2048, pooled_dim: int = 1280) -> float:
-    """FLOPs of one U-Net forward + backward (weights trained) for one image, on the meta device."""
-    from diffusers import UNet2DConditionModel
-    from torch.utils.flop_counter import FlopCounterMode
+def template_settings(name: str) -> dict:
+    """The bench flags a training template implies (what it trains, precision, memory savers, latents, EMA)."""
+    from helpers.config import build_config
+    from helpers.training.config import TrainConfig
 
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(unet_config)
-        lat = resolution // 8
-        x = torch.randn(1, unet_config.get("in_channels", 4), lat, lat)
-        t = torch.tensor([500])
-        ctx = torch.randn(1, 77, unet_config.get("cross_attention_dim", text_dim))
-        extra = {}
-        if unet_config.get("addition_embed_type") == "text_time":
-            extra = {"added_cond_kwargs": {"text_embeds": torch.randn(1, pooled_dim), "time_ids": torch.randn(1, 6)}}
-    with FlopCounterMode(display=False) as counter:
-        unet(x, t, encoder_hidden_states=ctx, **extra).sample.sum().backward()
-    return float(counter.get_total_flops())
+    cfg = build_config(TrainConfig, name)
+    return {"optimizer": cfg.optimizer.optimizer, "mixed_precision": cfg.precision.mixed_precision,
+            "gradient_checkpointing": cfg.precision.gradient_checkpointing,
+            "train_text_encoder": cfg.optimizer.train_text_encoder, "pixels": cfg.data.cache_latents == "off",
+            "ema": ("cpu" if cfg.ema.device == "cpu" else "auto") if cfg.ema.enabled else "off",
+            "batch_size": cfg.batch_size, "resolutions": str(cfg.data.resolution)}
 
 
-def peak_tflops(name: str) -> float | None:
-    for key, value in PEAK_TFLOPS.items():  # "H100 PCIe" before "H100": dict order matters
-        if key in name:
-            return value
-    return None
+def estimate_for(arch: str, resolution: int, args, gpu: str | None) -> dict:
+    """The pre-flight's FLOP-model figures for exactly these settings (no measured row: this is the check)."""
+    from helpers.training import preflight
+
+    est = preflight.estimate_run(arch=arch, resolution=resolution, batch_size=args.batch_size, total_images=1,
+                                 optimizer=args.optimizer, train_te1=args.train_text_encoder,
+                                 train_te2=args.train_text_encoder and arch == "sdxl",
+                                 mixed_precision=args.mixed_precision, full_half=False,
+                                 gradient_checkpointing=args.gradient_checkpointing, vae_fp32=True,
+                                 cached_latents=not args.pixels, gpu_name=gpu, ema_on_gpu=args.ema == "auto")
+    return {"images_per_s": round(est.images_per_s, 3) if est.images_per_s else None, "vram_gb": est.vram_gb,
+            "vram_by_part": est.vram_parts, "speed_source": est.speed_source}
+
+
+def compare(run: dict, estimate: dict) -> dict:
+    """measured / estimated: images/s, and peak memory (torch's allocations vs the estimate less its context)."""
+    out = {}
+    if estimate["images_per_s"]:
+        out["images_per_s"] = round(run["images_per_s"] / estimate["images_per_s"], 3)
+    allocated = estimate["vram_gb"] - estimate["vram_by_part"].get("context", 0)
+    out["peak_memory"] = round(run["peak_memory_gb"] / allocated, 3) if allocated else None
+    return out
+
+
+def calibrate(run: dict, arch: str, args, gpu: str) -> None:
+    from helpers.training.calibration import add_measurement
+
+    add_measurement({"gpu": gpu, "arch": arch, "resolution": run["resolution"], "mode": "full",
+                     "batch_size": args.batch_size, "gradient_checkpointing": args.gradient_checkpointing,
+                     "cached_latents": not args.pixels, "train_text_encoder": args.train_text_encoder,
+                     "optimizer": args.optimizer, "mixed_precision": args.mixed_precision,
+                     "ema": args.ema != "off", "s_per_step": run["s_per_step"],
+                     "peak_memory_gb": run["peak_memory_gb"], "software": "tunebook",
+                     "source": f"bench/train_step.py, torch {torch.__version__}, random weights, real architecture"})
 
 
 def synthetic_batch(batch_size: int, resolution: int, pixels: bool, seed: int) -> dict:
@@ -133,6 +167,8 @@ def bench_steps(bundle, *, resolution: int, batch_size: int, steps: int, warmup:
     scheduler = LearningRateSchedule(optimizer, plan, "constant", warmup_steps=0, total_steps=steps + warmup)
     names = list(trained.modules)
     *wrapped, optimizer = accelerator.prepare(*trained.modules.values(), optimizer)
+    if dev.type == "cuda":  # the steps' peak, not the fp32 build of what then became fp16
+        torch.cuda.reset_peak_memory_stats(dev)
     modules = dict(zip(names, wrapped, strict=True))
     settings = dict(family=model_family(bundle.arch), unet=modules["unet"], vae=bundle.vae,
                     tokenizers=bundle.tokenizers,
@@ -163,60 +199,94 @@ def bench_steps(bundle, *, resolution: int, batch_size: int, steps: int, warmup:
             "trained": names, "ema": ema, "ema_update_s": round(sorted(ema_times)[len(ema_times) // 2], 4)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--resolutions", default=None, help="comma list (default: CUDA 1024,512; CPU 64)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--arch", default="sdxl", choices=["sdxl", "sd15"], help="model family (real size on CUDA)")
+    parser.add_argument("--template", help="take optimizer, precision, memory savers, latents, EMA, batch size "
+                        "and resolution from this training template (flags given after it still win)")
+    parser.add_argument("--resolutions", default=None, help="comma list (default: CUDA 1024,512 / SD 1.5 512; CPU 64)")
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default CUDA 10, CPU 5)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"],
                         help="default: bf16 on CUDA, no on CPU")
     parser.add_argument("--optimizer", default=None, choices=["AdamW", "AdamW8bit", "Lion8bit", "Adafactor"],
                         help="default: AdamW8bit on CUDA (the guide's), AdamW on CPU (bitsandbytes' CPU path is slow)")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--train-text-encoder", action="store_true")
-    parser.add_argument("--pixels", action="store_true", help="encode pixels with the VAE every step (no cache)")
-    parser.add_argument("--ema", default="off", choices=["off", "auto", "cpu"],
+    parser.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    parser.add_argument("--train-text-encoder", action="store_true", default=None)
+    parser.add_argument("--pixels", action="store_true", default=None, help="encode pixels with the VAE every step "
+                        "(no cache)")
+    parser.add_argument("--ema", default=None, choices=["off", "auto", "cpu"],
                         help="update an EMA of the trained weights after each step: beside them, or on the CPU")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's dense bf16 peak")
+    parser.add_argument("--calibrate", action="store_true", help="append each run to helpers/training/speeds.toml "
+                        "(CUDA only)")
     parser.add_argument("--count-flops-only", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1) if args.device == "cpu" or not torch.cuda.is_available() else None
+    settings = template_settings(args.template) if args.template else {}
+    for key, value in settings.items():  # a flag given on the command line wins over the template
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("gradient_checkpointing", "train_text_encoder", "pixels"):
+        setattr(args, key, bool(getattr(args, key)))
+    args.ema = args.ema or "off"
+    args.batch_size = args.batch_size or 1
+    return args
 
-    cfg_dir = Path(__file__).resolve().parent.parent / "helpers" / "models" / "configs" / "sdxl"
-    unet_config = json.loads((cfg_dir / "unet" / "config.json").read_text())
+
+def main(argv: list[str] | None = None) -> int:
+    from helpers.training.preflight import count_unet_train_flops, gpu_peak_tflops
+
+    args = parse_args(argv)
+    torch.set_num_threads(1) if args.device == "cpu" or not torch.cuda.is_available() else None
     if args.count_flops_only:
-        out = {f"sdxl_unet_train_tflop_per_image_{r}": round(count_unet_train_flops(unet_config, r) / 1e12, 2)
+        cfg_dir = Path(__file__).resolve().parent.parent / "helpers" / "models" / "configs"
+        sdxl = json.loads((cfg_dir / "sdxl" / "unet" / "config.json").read_text())
+        sd15 = json.loads((cfg_dir / "sd15" / "unet" / "config.json").read_text())
+        out = {f"sdxl_unet_train_tflop_per_image_{r}": round(count_unet_train_flops(sdxl, r) / 1e12, 2)
                for r in (1024, 512)}
+        out["sd15_unet_train_tflop_per_image_512"] = round(count_unet_train_flops(sd15, 512) / 1e12, 2)
         print(json.dumps(out, indent=1))
         return 0
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
+    if args.calibrate and not cuda:
+        raise SystemExit("--calibrate needs a CUDA GPU: a CPU figure says nothing about a rented machine")
     device = "cuda" if cuda else "cpu"
-    resolutions = [int(r) for r in (args.resolutions or ("1024,512" if cuda else "64")).split(",")]
+    default_res = ("1024,512" if args.arch == "sdxl" else "512") if cuda else "64"
+    resolutions = [int(r) for r in (args.resolutions or default_res).split(",")]
     steps = args.steps or (10 if cuda else 5)
-    mixed = args.mixed_precision or ("bf16" if cuda else "no")
+    args.mixed_precision = args.mixed_precision or ("bf16" if cuda else "no")
     args.optimizer = args.optimizer or ("AdamW8bit" if cuda else "AdamW")
-    result = {"device": torch.cuda.get_device_name() if cuda else "cpu (1 thread)", "torch": torch.__version__,
-              "model": "SDXL (real architecture, random weights)" if cuda else "tiny SDXL (CI regression only)",
-              "optimizer": args.optimizer, "mixed_precision": mixed,
-              "gradient_checkpointing": args.gradient_checkpointing, "latents": "encoded each step" if args.pixels
-              else "cached (VAE not in the step)", "runs": []}
+    gpu = torch.cuda.get_device_name() if cuda else None
+    result = {"device": gpu or "cpu (1 thread)", "torch": torch.__version__,
+              "model": f"{args.arch.upper()} (real architecture, random weights)" if cuda
+              else "tiny SDXL (CI regression only)", "template": args.template, "optimizer": args.optimizer,
+              "mixed_precision": args.mixed_precision, "gradient_checkpointing": args.gradient_checkpointing,
+              "train_text_encoder": args.train_text_encoder, "ema": args.ema,
+              "latents": "encoded each step" if args.pixels else "cached (VAE not in the step)", "runs": []}
     for resolution in resolutions:
-        bundle = build_real_sdxl(torch.device("cpu")) if cuda else build_tiny_sdxl()
+        if cuda:
+            bundle = build_real_model(args.arch, torch.device(device))
+        else:
+            bundle = build_tiny_sdxl()
         run = bench_steps(bundle, resolution=resolution, batch_size=args.batch_size, steps=steps,
-                          warmup=args.warmup, mixed_precision=mixed, optimizer_name=args.optimizer,
+                          warmup=args.warmup, mixed_precision=args.mixed_precision, optimizer_name=args.optimizer,
                           gradient_checkpointing=args.gradient_checkpointing,
                           train_text_encoder=args.train_text_encoder, pixels=args.pixels, device=device,
                           ema=args.ema)
-        config = dict(bundle.unet.config)
-        flops = count_unet_train_flops(config, resolution, pooled_dim=bundle.text_encoders[1].config.projection_dim)
+        flops = count_unet_train_flops(dict(bundle.unet.config), resolution)
         run["unet_train_gflop_per_image"] = round(flops / 1e9, 2)
         run["achieved_tflops"] = round(run["images_per_s"] * flops / 1e12, 4)
-        peak = args.peak_tflops or (peak_tflops(result["device"]) if cuda else None)
+        peak = args.peak_tflops or (gpu_peak_tflops(gpu) if cuda else None)
         if peak:
             run["peak_tflops"] = peak
             run["mfu"] = round(run["achieved_tflops"] / peak, 3)
+        if cuda:
+            run["estimate"] = estimate_for(args.arch, resolution, args, gpu)
+            run["vs_estimate"] = compare(run, run["estimate"])
+            if args.calibrate:
+                calibrate(run, args.arch, args, gpu)
         result["runs"].append(run)
         del bundle
         if cuda:

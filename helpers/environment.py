@@ -69,6 +69,8 @@ class SetupConfig:
     hf_token: str = option("", help="Hugging Face token for gated/private repos and uploads; hidden, checked with "
                            "the Hub, stored only in HF's token file, never saved in a notebook or config",
                            label="HF token", kind="secret")
+    price_per_hour: float = option(0.0, min=0.0, max=1000.0, unit="/h", help="what this machine costs per hour "
+                                   "(the cost ledger turns paid time into money; 0 = not entered)")
 
 
 # ---- probes (pure reads of the machine; tests replace them) -------------------------------------------

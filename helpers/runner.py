@@ -41,6 +41,8 @@ class JobStatus:
     eta_s: float | None = None
     peak_memory_gb: float | None = None
     last_checkpoint: str | None = None
+    last_state_at: float | None = None  # when the newest resumable state was written (the last safe point)
+    last_state_step: int | None = None
     error: str | None = None
     pid: int | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. a resume with edited learning rates
@@ -74,21 +76,25 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def training_command(config_path: Path, num_gpus: int = 1, resume: str | None = None,
-                     workspace: Path | None = None, python: str = sys.executable) -> list[str]:
+                     workspace: Path | None = None, python: str = sys.executable,
+                     stop_instance_when_done: bool = False) -> list[str]:
     """The command line that trains one run (``accelerate launch`` when more than one GPU is used)."""
     args = ["-m", "helpers.training", str(config_path)]
     if workspace is not None:
         args += ["--workspace", str(workspace)]
     if resume:
         args += ["--resume", resume]
+    if stop_instance_when_done:
+        args += ["--stop-instance-when-done"]
     if num_gpus > 1:
         return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus), *args]
     return [python, *args]
 
 
 def start_job(run: RunPaths, config: Any = None, *, num_gpus: int = 1, resume: str | None = None,
-              env: dict[str, str] | None = None) -> JobStatus:
+              env: dict[str, str] | None = None, stop_instance_when_done: bool = False) -> JobStatus:
     """Launch the run detached. ``config`` (a TrainConfig) is saved first; None reuses the saved one.
+    ``stop_instance_when_done`` stops this rented machine when training finishes (``helpers.instance``; off).
 
     Refuses to start a second process on a run whose process is still alive.
     """
@@ -103,7 +109,8 @@ def start_job(run: RunPaths, config: Any = None, *, num_gpus: int = 1, resume: s
         save_config(config, run.config)
     elif not run.config.exists():
         raise FileNotFoundError(f"run '{run.name}' has no config.toml: pass a config")
-    cmd = training_command(run.config, num_gpus=num_gpus, resume=resume, workspace=run.root.parent.parent)
+    cmd = training_command(run.config, num_gpus=num_gpus, resume=resume, workspace=run.root.parent.parent,
+                           stop_instance_when_done=stop_instance_when_done)
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH")]))
     write_text_atomic(run.status, json.dumps({"state": "starting", "step": 0}))
@@ -123,10 +130,13 @@ def job_status(run: RunPaths) -> JobStatus:
     if not job and not status:
         return JobStatus("not started", False)
     state = status.get("state", "starting")
-    if not alive and state in ("starting", "caching", "training"):
+    if not alive and state in ("starting", "loading", "caching", "training"):
         state = "stopped" if job.get("stopped") else "died"
     fields = {k: status.get(k) for k in ("loss", "lr", "images_per_s", "eta_s", "peak_memory_gb",
-                                          "last_checkpoint", "error")}
+                                          "last_checkpoint", "last_state_at", "last_state_step", "error")}
+    if fields["last_state_at"] is None and status.get("last_state"):  # resumed, no save since: the state's own time
+        saved = read_json(Path(status["last_state"]) / "trainer.json")
+        fields["last_state_at"], fields["last_state_step"] = saved.get("saved_at"), saved.get("step")
     if state == "died" and not fields["error"]:
         fields["error"] = "the training process ended without a word: see " + str(run.stdout) + \
                           " (out of memory kills are the usual cause); resume it to continue from the last state"
@@ -135,8 +145,10 @@ def job_status(run: RunPaths) -> JobStatus:
                      pid=pid, warnings=list(status.get("warnings") or []), **fields)
 
 
-def stop_job(run: RunPaths, timeout: float = 60.0) -> JobStatus:
-    """Ask the trainer to stop (SIGTERM to its process group), then kill it if it does not within ``timeout``."""
+def stop_job(run: RunPaths, timeout: float = 180.0) -> JobStatus:
+    """Ask the trainer to stop: SIGTERM to its process, which finishes the step it is on, saves resumable state
+    and exits 0 (``helpers.training.interrupt``); its process group is killed if it has not ended within
+    ``timeout`` s (an SDXL state takes ~20-60 s to write on a local disk)."""
     job = read_json(run.job)
     pid = job.get("pid")
     if not _pid_alive(pid):
@@ -144,7 +156,7 @@ def stop_job(run: RunPaths, timeout: float = 60.0) -> JobStatus:
     job["stopped"] = time.time()
     write_text_atomic(run.job, json.dumps(job, indent=1))
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)  # the trainer alone: its loader workers end when it does
     except ProcessLookupError:
         return job_status(run)
     deadline = time.time() + timeout
@@ -221,7 +233,5 @@ def latest_run(ws: Workspace) -> RunPaths | None:
 
 def run_outputs(run: RunPaths) -> dict[str, list[str]]:
     """What a run has written so far: model checkpoints and resumable states."""
-    from helpers.training.checkpoints import list_states
-
     return {"checkpoints": sorted(str(p) for p in run.checkpoints.glob("*.safetensors")),
-            "states": [str(p) for p in list_states(run.state)] if run.state.exists() else []}
+            "states": [str(p) for p in run.states()]}

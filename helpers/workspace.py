@@ -27,6 +27,7 @@ from helpers.changes import write_text_atomic
 
 MARKER = "workspace.toml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+STATE_PREFIX = "step-"  # a run's resumable states: state/step-00001200/
 
 
 def pointer_file() -> Path:
@@ -82,6 +83,9 @@ class RunPaths:
           checkpoints/    single-file models (periodic ones and the final ``<run>.safetensors``)
           samples/        pictures generated during training
           state/          resumable training states (``step-00001200/``)
+          preflight.json  the pre-flight estimate the trainer started with (the monitor's speed watch reads it)
+          summary.json    what the finished run did and cost (steps, hours, paid time)
+          uploads.json    which files went off the machine, where, with their sha256
     """
 
     root: Path
@@ -127,6 +131,38 @@ class RunPaths:
         """TensorBoard event files (Vast's portal TensorBoard reads the workspace)."""
         return self.root / "tensorboard"
 
+    @property
+    def preflight(self) -> Path:
+        return self.root / "preflight.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads.json"
+
+    def checkpoint(self, *, epoch: int | None = None, step: int | None = None, noema: bool = False) -> Path:
+        """A model file of this run (periodic by epoch or step, or the final one)."""
+        return self.checkpoints / checkpoint_name(self.name, epoch=epoch, step=step, noema=noema)
+
+    def final_models(self) -> list[Path]:
+        """The final model file(s) that exist: ``<run>.safetensors`` and its ``-noema`` twin."""
+        return [p for p in (self.checkpoint(), self.checkpoint(noema=True)) if p.is_file()]
+
+    def periodic_checkpoints(self) -> list[Path]:
+        """Intermediate model files (every N epochs/steps), oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [p for p in self.checkpoints.glob(f"{self.name}-*.safetensors")
+                 if PERIODIC.match(p.name[len(self.name):])]
+        return sorted(found, key=lambda p: p.stat().st_mtime_ns)
+
+    def states(self) -> list[Path]:
+        """Complete resumable states, oldest first."""
+        return list_states(self.state)
+
     def create(self) -> RunPaths:
         for d in (self.root, self.checkpoints, self.samples, self.state):
             d.mkdir(parents=True, exist_ok=True)
@@ -136,6 +172,28 @@ class RunPaths:
     def of_checkpoint(cls, checkpoint: str | os.PathLike) -> RunPaths:
         """The run a checkpoint file belongs to (``<run>/checkpoints/<file>``)."""
         return cls(Path(checkpoint).parent.parent)
+
+
+PERIODIC = re.compile(r"^-([es]\d+)(-noema)?\.safetensors$")  # after the run name
+
+
+def checkpoint_name(run_name: str, *, epoch: int | None = None, step: int | None = None, noema: bool = False) -> str:
+    """``<run>-e0003``, ``<run>-s00001200`` or final ``<run>``; ``noema`` names the raw-weights twin of an EMA
+    file (``-noema`` suffix)."""
+    suffix = "-noema.safetensors" if noema else ".safetensors"
+    if epoch is not None:
+        return f"{run_name}-e{epoch:04d}{suffix}"
+    if step is not None:
+        return f"{run_name}-s{step:08d}{suffix}"
+    return f"{run_name}{suffix}"
+
+
+def list_states(folder: Path) -> list[Path]:
+    """Complete state folders (with ``trainer.json``, written last), oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob(f"{STATE_PREFIX}*") if p.is_dir() and (p / "trainer.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[len(STATE_PREFIX):]))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ cycle, only hidden). Two rules:
 
 - no cycle between modules;
 - a stage imports only stages of lower layers, never one of its own layer or a later one. Layers, lowest
-  first: the spine (config, changes, workspace, environment, hub, templates, ui: these may use each other)
+  first: the spine (config, changes, workspace, environment, hub, templates, ui, and the rented-box modules
+  ledger, cleanup, results, instance: these may use each other)
   < models (model files, encoders) < dataset (training images on disk; its advice uses encoders) < download, captioning (data in) < lora (LoRA files) < generation
   (images from any of them) < training (saves LoRAs, draws samples) < runner (training as a detached job)
   < ui.monitor (its live view) < evaluation < demo, the top-level CLI and the ``helpers.captions`` alias.
@@ -18,7 +19,8 @@ from pathlib import Path
 
 HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 LAYERS = [
-    {"config", "changes", "workspace", "environment", "hub", "templates", "ui"},
+    {"config", "changes", "workspace", "environment", "hub", "templates", "ui", "ledger", "cleanup", "results",
+     "instance"},
     {"models"},
     {"dataset"},
     {"download", "captioning"},

@@ -224,7 +224,7 @@ def _prepare_04(ws):
 def _check_04(ws, before):
     from safetensors import safe_open
 
-    from helpers import runner
+    from helpers import ledger, runner
     from helpers.training.progress import step_losses
 
     new = [ws.run(n) for n in set(ws.list_runs()) - before["runs"]]
@@ -237,6 +237,13 @@ def _check_04(ws, before):
     with safe_open(str(final), "pt") as fh:
         assert any(k.startswith("model.diffusion_model.") for k in fh.keys()), "the checkpoint has no U-Net"
     assert sorted(step_losses(run.log)) == list(range(1, status.total_steps + 1))
+    # what the rented-box cells and the trainer add: the estimate it started with, its summary, its paid time
+    preflight = json.loads(run.preflight.read_text(encoding="utf-8"))
+    assert preflight["steps"] == status.total_steps and preflight["model_source"].startswith("read from")
+    summary = json.loads(run.summary.read_text(encoding="utf-8"))
+    assert summary["steps"] == status.total_steps and summary["training_hours"] > 0 and "trained in" in summary["cost"]
+    training = [r for r in ledger.read_ledger(ws.root) if r.get("stage") == "training" and r.get("detail") == run.name]
+    assert training, "04's run left no training time in the cost ledger"
 
 
 def _prepare_05(ws):
@@ -258,8 +265,16 @@ def _check_05(ws, before):
         assert meta.get("ss_network_dim"), f"{name} lacks the kohya metadata"
 
 
+def _check_00(ws, before):
+    """The default forms change nothing (the cleanup has nothing ticked); setup starts the cost ledger."""
+    _untouched("datasets", "models", "runs", "exports").check(ws, before)
+    from helpers import ledger
+
+    assert any(r["event"] == "setup" for r in ledger.read_ledger(ws.root)), "00 did not start the cost ledger"
+
+
 OUTPUTS: dict[str, Outputs] = {
-    "00_setup": _untouched("datasets", "models", "runs", "exports"),  # the default form: the workspace as it is
+    "00_setup": Outputs(_check_00, _untouched("datasets", "models", "runs", "exports").prepare),
     "01_download": Outputs(_check_01, _prepare_01),  # no source given, nothing ticked: check and advice only
     "02_captions_from_filenames": Outputs(lambda ws, b: (_check_02(ws, b), _check_triggers(ws, b)), _prepare_02),
     "03_caption_images": Outputs(lambda ws, b: (_check_03(ws, b), _check_triggers(ws, b))),

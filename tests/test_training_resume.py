@@ -191,7 +191,7 @@ def test_state_save_refuses_when_disk_is_short_and_keeps_previous(tmp_path, monk
     first = ckpt.save_training_state(tmp_path / "state", 1, weights=weights, optimizer_state={}, trainer=trainer)
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
-    with pytest.raises(ckpt.SaveError, match=r"needs 0\.00 GB.*free space"):
+    with pytest.raises(ckpt.SaveError, match=r"needs 0\.00 GB.*Free space"):
         ckpt.save_training_state(tmp_path / "state", 2, weights=weights, optimizer_state={}, trainer=trainer)
     assert ckpt.find_latest_state(tmp_path / "state") == first
     assert torch.equal(ckpt.load_training_state(first)["weights"]["w"], weights["w"])

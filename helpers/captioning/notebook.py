@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from helpers import ledger
 from helpers.captioning import booru, captioners, curation, sidecar, triggers, wd_tagger
 from helpers.captioning.sidecar import RenderConfig
 from helpers.config import option
@@ -103,7 +104,8 @@ def run_tagger(ws: Workspace, folder: Path | None, cfg: wd_tagger.TaggerConfig,
     if folder is None:
         return None
     try:
-        report = wd_tagger.tag_dataset(folder, cfg, ws.models, render)
+        with ledger.stage(ws.root, "captioning", detail=f"tagger {cfg.model}"):  # paid time (helpers.ledger)
+            report = wd_tagger.tag_dataset(folder, cfg, ws.models, render)
     except wd_tagger.TaggerError as exc:
         stage_failed(f"Tagger not run: {exc}")
         return None
@@ -119,7 +121,8 @@ def run_captioner(ws: Workspace, folder: Path | None, cfg: captioners.CaptionerC
         return None
     try:
         print(captioners.describe_vram(cfg.model, cfg.batch_size, cfg.dtype, cfg.device))
-        report = captioners.caption_dataset(folder, cfg, ws.hf_cache, render)
+        with ledger.stage(ws.root, "captioning", detail=f"captioner {cfg.model}"):
+            report = captioners.caption_dataset(folder, cfg, ws.hf_cache, render)
     except captioners.CaptionerError as exc:
         stage_failed(f"Captioner not run: {exc}")
         return None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from helpers import ledger
 from helpers.config import option
 from helpers.download.datasets import DatasetDownload, download_dataset
 from helpers.download.model_store import download_model, list_stored_models
@@ -70,10 +71,12 @@ def fetch_dataset(cfg: DownloadConfig, ws) -> DatasetDownload | None:
         print(f"no source given: dataset {cfg.dataset!r} at {folder} {there}")
         return None
     try:
-        res = download_dataset(cfg.source, folder, revision=cfg.revision or None, include=cfg.include or None,
-                               exclude=cfg.exclude or None, sha256=cfg.sha256 or None, cookies=cfg.cookies or None,
-                               username=cfg.username or None, password=cfg.password or None,
-                               limit=cfg.limit or None, cache_dir=ws.cache / "downloads")
+        with ledger.stage(ws.root, "downloads", detail=cfg.source):  # paid time (helpers.ledger)
+            res = download_dataset(cfg.source, folder, revision=cfg.revision or None, include=cfg.include or None,
+                                   exclude=cfg.exclude or None, sha256=cfg.sha256 or None,
+                                   cookies=cfg.cookies or None, username=cfg.username or None,
+                                   password=cfg.password or None, limit=cfg.limit or None,
+                                   cache_dir=ws.cache / "downloads")
     except (DownloadError, FileNotFoundError, ValueError) as exc:
         stage_failed(f"download failed: {exc}")
         return None
@@ -89,8 +92,9 @@ def fetch_model(cfg: ModelDownloadConfig, ws) -> dict[str, object] | None:
         print("no base model source given: skipped (stored models are listed below)")
         return None
     try:
-        record = download_model(cfg.source, ws.models, cfg.name, revision=cfg.revision or None,
-                                sha256=cfg.sha256 or None, allow_pickle=cfg.allow_pickle, cache_dir=ws.hf_cache)
+        with ledger.stage(ws.root, "downloads", detail=cfg.source):
+            record = download_model(cfg.source, ws.models, cfg.name, revision=cfg.revision or None,
+                                    sha256=cfg.sha256 or None, allow_pickle=cfg.allow_pickle, cache_dir=ws.hf_cache)
     except (DownloadError, FileNotFoundError, ValueError) as exc:
         stage_failed(f"model download failed: {exc}")
         return None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import tomllib
 
+from helpers import ledger
 from helpers.config import ConfigError
 from helpers.lora.extract import ExtractConfig, ExtractError, extract_from_config
 from helpers.lora.formats import LoraFileError
@@ -78,7 +79,9 @@ def _explain(exc: Exception, stage: str) -> None:
 def run_extract(form) -> dict | None:
     """Extract with the form's settings; on a problem print what to do and return None."""
     try:
-        result = extract_from_config(form.value)
+        cfg = form.value
+        with ledger.stage(cfg.out, "extraction", detail=Path(cfg.tuned).name):  # paid time (helpers.ledger)
+            result = extract_from_config(cfg)
     except (ConfigError, ExtractError, LoraFileError, ValueError, OSError) as exc:
         _explain(exc, "extract")
         return None

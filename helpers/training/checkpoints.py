@@ -16,7 +16,6 @@ import errno
 import json
 import os
 import random
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,8 +25,7 @@ from typing import Literal
 import torch
 
 from helpers.config import option
-
-STATE_PREFIX = "step-"
+from helpers.workspace import PERIODIC, STATE_PREFIX, checkpoint_name, list_states  # noqa: F401  RunPaths names files
 
 
 @dataclass
@@ -79,10 +77,9 @@ def prune_checkpoints(folder: Path, run_name: str, keep_last: int) -> list[Path]
     as one); returns the deleted paths. Final files (``<run>.safetensors``, ``<run>-noema.safetensors``) stay."""
     if keep_last <= 0:
         return []
-    periodic = re.compile(rf"^{re.escape(run_name)}-([es]\d+)(-noema)?\.safetensors$")
     saves: dict[str, list[Path]] = {}
     for path in folder.glob(f"{run_name}-*.safetensors"):
-        match = periodic.match(path.name)
+        match = PERIODIC.match(path.name[len(run_name):])
         if match:
             saves.setdefault(match.group(1), []).append(path)
     newest_first = sorted(saves.values(), key=lambda paths: max(p.stat().st_mtime_ns for p in paths), reverse=True)
@@ -90,17 +87,6 @@ def prune_checkpoints(folder: Path, run_name: str, keep_last: int) -> list[Path]
     for path in gone:
         path.unlink(missing_ok=True)
     return gone
-
-
-def checkpoint_name(run_name: str, *, epoch: int | None = None, step: int | None = None, noema: bool = False) -> str:
-    """``<run>-e0003``, ``<run>-s00001200`` or final ``<run>``; ``noema`` names the raw-weights twin of an EMA
-    file (``-noema`` suffix)."""
-    suffix = "-noema.safetensors" if noema else ".safetensors"
-    if epoch is not None:
-        return f"{run_name}-e{epoch:04d}{suffix}"
-    if step is not None:
-        return f"{run_name}-s{step:08d}{suffix}"
-    return f"{run_name}{suffix}"
 
 
 # ---------------------------------------------------------------- training state
@@ -145,12 +131,111 @@ def _optimizer_bytes(state) -> int:
     return 0
 
 
-def _check_space(folder: Path, needed: int, what: str) -> None:
+class DiskSpaceShort(SaveError):
+    """The disk cannot hold the next state: nothing was written and the previous state is intact."""
+
+
+def state_bytes(weights: dict[str, torch.Tensor], optimizer_state: dict,
+                ema_weights: dict[str, torch.Tensor] | None = None) -> int:
+    """Bytes a training state takes on disk (weights, optimizer state, EMA; the small files aside)."""
+    return _bytes_of(weights) + _optimizer_bytes(optimizer_state) + _bytes_of(ema_weights or {})
+
+
+def check_state_space(folder: Path, needed: int, step: int) -> None:
+    """Raise ``DiskSpaceShort`` before writing anything when ``folder``'s disk cannot hold ``needed`` bytes more
+    (the previous state stays until the new one is complete, so both must fit for a moment)."""
     free = shutil.disk_usage(folder).free
     if free < needed * 1.05 + (64 << 20):
-        raise SaveError(f"not enough disk space to save {what} in {folder}: needs {needed / 1e9:.2f} GB, "
-                        f"{free / 1e9:.2f} GB free: free space (delete old checkpoints/states) and resume with "
-                        "--resume latest")
+        raise DiskSpaceShort(
+            f"not enough disk space for the training state at step {step} in {folder}: needs {needed / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB free. Nothing was written and the previous state is intact. Free space (delete old "
+            "checkpoints/states, latent caches, Jupyter's .Trash-*: `python -m helpers.cleanup`) and training saves "
+            "at its next chance; or stop and resume with --resume latest")
+
+
+def _left_behind(path: Path) -> bool:
+    """Whether the process that made this ``.tmp-/.aside-/.old-...-<pid>`` folder is gone (or is this one, which
+    saves one state at a time): only then is the folder a leftover, never another process's save in progress."""
+    try:
+        pid = int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def clear_interrupted_saves(folder: Path) -> None:
+    """Tidy what a process killed mid-save left: half-written ``.tmp-`` folders and retired ``.old-`` states are
+    deleted; a state moved aside for a same-step replacement (``.aside-``) goes back when the new one never
+    arrived. Complete states, and the folders of a save still running in another process, are never touched."""
+    if not folder.is_dir():
+        return
+    for aside in [p for p in folder.glob(f".aside-{STATE_PREFIX}*") if _left_behind(p)]:
+        name = aside.name[len(".aside-"):].rsplit("-", 1)[0]
+        if not (folder / name).exists() and (aside / "trainer.json").exists():
+            try:
+                os.replace(aside, folder / name)
+            except OSError:  # another process (a second GPU rank) put it back first
+                pass
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    for stale in [*folder.glob(f".tmp-{STATE_PREFIX}*"), *folder.glob(f".old-{STATE_PREFIX}*")]:
+        if _left_behind(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_state_files(tmp: Path, weights: dict[str, torch.Tensor], optimizer_state: dict, trainer: dict,
+                       ema_weights: dict[str, torch.Tensor] | None) -> None:
+    from safetensors.torch import save_file
+
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    files = ["weights.safetensors", "optimizer.pt", "trainer.pt"]
+    if ema_weights is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema_weights.items()}, str(tmp / "ema.safetensors"))
+        files.append("ema.safetensors")
+    summary = {k: v for k, v in trainer.items() if isinstance(v, (int, float, str, bool, dict, list))
+               and k not in ("scheduler", "scaler", "rng")}
+    torch.save({k: trainer.get(k) for k in ("scheduler", "scaler", "rng")}, tmp / "trainer.pt")
+    for name in files:
+        _fsync(tmp / name)
+    (tmp / "trainer.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")  # last
+    _fsync(tmp / "trainer.json")
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished state into place. A state already there for this step (an earlier attempt) is moved
+    aside first and deleted after, so at every moment one complete state of this step exists or can be restored."""
+    aside = final.parent / f".aside-{final.name}-{os.getpid()}"
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    _fsync(final.parent)  # the rename itself reaches the disk
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def retire_state(path: Path) -> None:
+    """Delete a state so that a kill half way never leaves a partial folder that looks complete: it is renamed
+    out of the listing first (atomic), then removed."""
+    old = path.parent / f".old-{path.name}-{os.getpid()}"
+    os.replace(path, old)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_training_state(folder: Path, step: int, *, weights: dict[str, torch.Tensor], optimizer_state: dict,
@@ -160,58 +245,54 @@ def save_training_state(folder: Path, step: int, *, weights: dict[str, torch.Ten
 
     ``trainer`` holds the scheduler/scaler state dicts, RNG states, counters (epoch, batch_in_epoch, step) and
     ``config`` (the run's config as plain data), split into ``trainer.pt`` (tensors) and ``trainer.json``.
-    ``ema_weights`` (the EMA shadows, when EMA is on) go to ``ema.safetensors``.
+    ``ema_weights`` (the EMA shadows, when EMA is on) go to ``ema.safetensors``. A kill -9 at any moment leaves
+    the previous state (or the new one) complete; a disk too small raises ``DiskSpaceShort`` before a byte is
+    written.
     """
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
+    clear_interrupted_saves(folder)  # a killed save's leftovers would count against the free space
     final = folder / f"{STATE_PREFIX}{step:08d}"
     tmp = folder / f".tmp-{STATE_PREFIX}{step:08d}-{os.getpid()}"
-    needed = _bytes_of(weights) + _optimizer_bytes(optimizer_state) + _bytes_of(ema_weights or {})
-    _check_space(folder, needed, f"training state at step {step}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    needed = state_bytes(weights, optimizer_state, ema_weights)
+    check_state_space(folder, needed, step)
     try:
-        tmp.mkdir()
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        files = ["weights.safetensors", "optimizer.pt", "trainer.pt"]
-        if ema_weights is not None:
-            save_file({k: v.detach().contiguous().cpu() for k, v in ema_weights.items()}, str(tmp / "ema.safetensors"))
-            files.append("ema.safetensors")
-        summary = {k: v for k, v in trainer.items() if isinstance(v, (int, float, str, bool, dict, list))
-                   and k not in ("scheduler", "scaler", "rng")}
-        torch.save({k: trainer.get(k) for k in ("scheduler", "scaler", "rng")}, tmp / "trainer.pt")
-        for name in files:
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
-        (tmp / "trainer.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-        if final.exists():  # a state for this step from an earlier attempt: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _write_state_files(tmp, weights, optimizer_state, trainer, ema_weights)
+        _move_into_place(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
-            raise SaveError(f"disk full while saving training state at step {step} in {folder}: needs about "
-                            f"{needed / 1e9:.2f} GB; the previous state is intact: free space and resume") from None
+            raise DiskSpaceShort(f"disk full while saving training state at step {step} in {folder}: needs about "
+                                 f"{needed / 1e9:.2f} GB; the half-written state was removed and the previous one "
+                                 "is intact: free space (`python -m helpers.cleanup`); training saves at its next "
+                                 "chance") from None
         raise
     for old in list_states(folder)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in folder.glob(f".tmp-{STATE_PREFIX}*"):  # leftovers of a run killed mid-save
-        if stale != tmp:
-            shutil.rmtree(stale, ignore_errors=True)
+        retire_state(old)
     return final
 
 
-def list_states(folder: Path) -> list[Path]:
-    """Complete state folders (with ``trainer.json``), oldest first."""
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.glob(f"{STATE_PREFIX}*") if p.is_dir() and (p / "trainer.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(STATE_PREFIX):]))
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def state_save_warnings(folder: Path, size: int, seconds: float, every_n_minutes: float) -> list[str]:
+    """What to tell the person after a state save: the next one will not fit the disk (said now, while there is
+    time to free space), or saves take so long that the time cadence costs more than a tenth of the run."""
+    out = []
+    free = shutil.disk_usage(folder).free
+    if free < size * 1.05 + (64 << 20):
+        out.append(f"the next training state ({size / 1e9:.1f} GB) will not fit: {free / 1e9:.1f} GB free on "
+                   f"{folder}. Free space before the next save (`python -m helpers.cleanup`: old checkpoints and "
+                   "states, latent caches, Jupyter's .Trash-*), or that save is skipped")
+    if every_n_minutes > 0 and seconds > 0.1 * every_n_minutes * 60:
+        out.append(f"a state save took {seconds:.0f} s, over a tenth of saving.state_every_n_minutes = "
+                   f"{every_n_minutes:g}: raise it (a slow network volume?)")
+    return out
 
 
 def find_latest_state(folder: Path) -> Path | None:
-    """The newest complete training state, or None."""
+    """The newest complete training state, or None (a state a killed same-step save moved aside comes back)."""
+    clear_interrupted_saves(folder)
     states = list_states(folder)
     return states[-1] if states else None
 

@@ -19,6 +19,7 @@ import torch
 from helpers.config import to_dict
 from helpers.generation.training_samples import TrainingSamples
 from helpers.training import checkpoints as ckpt
+from helpers.training import interrupt
 from helpers.training import objective as obj
 from helpers.training.components import (
     DTYPES,
@@ -65,6 +66,10 @@ def train(cfg: TrainConfig, run_root: Path, *, resume: str | None = None, models
             monitor.event("warning", message=message)
     try:
         return run_training(cfg, Path(run_root), accelerator, monitor, resume, models_dir, cache_dir)
+    except interrupt.StopRequested as exc:  # a stop before the first step: nothing trained, nothing to save
+        monitor.event("stopped", reason=str(exc), step=0)
+        monitor.update(force=True, state="stopped")
+        raise
     except BaseException as exc:
         monitor.event("failed", error=f"{type(exc).__name__}: {exc}")
         monitor.update(force=True, state="failed", error=f"{type(exc).__name__}: {exc}")
@@ -129,14 +134,15 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     monitor.update(force=True, state="training", total_steps=total_steps, epochs=cfg.epochs, step=position.step)
     monitor.start_bar(total_steps, position.step)
     images_per_step = cfg.batch_size * o.gradient_accumulation_steps * accelerator.num_processes
-    last_state_time, step_time = time.monotonic(), None
+    last_state_time, step_time, step_end = time.monotonic(), None, None
     modules = dict(zip(names, wrapped, strict=True))  # DDP-wrapped where training, so gradients synchronise
     settings = dict(family=family, unet=modules["unet"], vae=bundle.vae, tokenizers=bundle.tokenizers,
                     text_encoders=[modules.get(f"te{i + 1}", te) for i, te in enumerate(bundle.text_encoders)],
                     unet_dtype=bundle.unet.dtype, alphas_cumprod=alphas_cumprod, objective=cfg.objective,
                     prediction=bundle.prediction, train_text=len(names) > 1)
     samples.maybe_sample(bundle, position.step, position.epoch)  # step 0: the base model, for comparison
-    # 6. Optimizer steps, epoch by epoch, from where the run stands
+    # 6. Optimizer steps, epoch by epoch, from where the run stands (a stop signal now waits for a step's end)
+    interrupt.begin_steps()
     while position.step < total_steps:
         data = stage_data[plan.stage_of_epoch(position.epoch)]
         batches = data.batches(position.epoch)
@@ -154,6 +160,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
             monitor.step({"step": position.step, "epoch": position.epoch + 1, "loss": loss,
                           "lr": next(iter(lrs.values())), "lrs": lrs, "s_per_step": round(elapsed, 4),
                           "images_per_s": round(images_per_step / elapsed, 3),
+                          "data_s": round(started - step_end, 4) if step_end else 0.0,  # waiting for the loader
                           "peak_memory_gb": round(peak_memory_gb(device), 3),
                           "eta_s": round(step_time * (total_steps - position.step), 1),
                           **({"ema_decay": ema.last_decay} if ema is not None else {})})
@@ -169,8 +176,12 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
             samples.maybe_sample(bundle, position.step, position.epoch, final=position.step >= total_steps,
                                  epoch_end=position.batch_in_epoch >= len(batches),
                                  weights=ema.swapped_into if ema is not None else None)
+            if (signal_name := interrupt.stop_requested(accelerator)) is not None:
+                return stop_cleanly(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position,
+                                    batches, ema, signal_name)
             if position.step >= total_steps:
                 break
+            step_end = time.monotonic()
         if position.batch_in_epoch >= len(batches):  # epoch finished: next one starts at its first batch
             position = Position(position.step, position.epoch + 1, 0)
             if position.step < total_steps and ckpt.model_save_due(
@@ -410,7 +421,8 @@ def save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema=N
 
 def save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches,
                ema=None) -> None:
-    """Resumable training state (main process writes; every process waits)."""
+    """Resumable training state (main process writes; every process waits). A disk too small is a warning, not
+    the end of the run: nothing is written, the previous state stays, the next due save tries again."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         scaler = getattr(accelerator, "scaler", None)
@@ -418,12 +430,33 @@ def save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monito
                    "batches_in_epoch": len(batches), "config": to_dict(cfg), "saved_at": time.time(),
                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                    "rng": ckpt.capture_rng_states()}
-        path = ckpt.save_training_state(RunPaths(run_root).state, position.step, weights=trained.state_dict(),
-                                        optimizer_state=optimizer.state_dict(), trainer=trainer,
-                                        keep_last=cfg.saving.keep_last_states,
-                                        ema_weights=ema.state_dict() if ema is not None else None)
-        monitor.event("state", path=str(path), step=position.step)
+        started = time.monotonic()
+        try:
+            path = ckpt.save_training_state(RunPaths(run_root).state, position.step, weights=trained.state_dict(),
+                                            optimizer_state=optimizer.state_dict(), trainer=trainer,
+                                            keep_last=cfg.saving.keep_last_states,
+                                            ema_weights=ema.state_dict() if ema is not None else None)
+        except ckpt.DiskSpaceShort as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+            monitor.event("state_skipped", step=position.step, reason=str(exc))
+            monitor.event("warning", message=str(exc))
+        else:
+            seconds, size = time.monotonic() - started, ckpt.folder_bytes(path)
+            monitor.event("state", path=str(path), step=position.step, seconds=round(seconds, 2), bytes=size)
+            for message in ckpt.state_save_warnings(path.parent, size, seconds, cfg.saving.state_every_n_minutes):
+                monitor.event("warning", message=message)
     accelerator.wait_for_everyone()
+
+
+def stop_cleanly(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches, ema,
+                 signal_name: str) -> dict:
+    """A stop signal between steps: state at this step (unless one was just written), then the end, resumable."""
+    saved = [p.name for p in RunPaths(run_root).states()]
+    if f"{ckpt.STATE_PREFIX}{position.step:08d}" not in saved:
+        save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position, batches, ema)
+    monitor.event("stopped", step=position.step, signal=signal_name)
+    monitor.update(force=True, state="stopped", step=position.step)
+    return {"final": None, "steps": position.step, "run": str(run_root), "stopped": signal_name}
 
 
 def restore_training_state(resume, state_dir, cfg, trained, optimizer, scheduler, accelerator, monitor,

@@ -1,15 +1,22 @@
-"""Pre-flight: what a training run will need and cost before the GPU meter runs — VRAM, hours, money.
+"""Pre-flight: what a training run will need and cost before the GPU meter runs — VRAM, hours, money, disk.
 
 Estimates, not measurements (±30 %): memory from parameter counts and per-parameter bytes (weights, gradients,
-optimizer state) plus an activation term per image; time from FLOPs per training image on the real SDXL /
-SD 1.5 configs (counted with torch's FlopCounterMode, see shared reference engine-facts §7) at a model FLOP
-utilisation typical of PyTorch diffusion training. The first real run's ``images_per_s`` in ``log.jsonl``
-is the number to trust after that.
+optimizer state) plus an activation term per image; time from a measured speed when ``speeds.toml`` has one for
+this GPU and setting (``training.calibration``), else from FLOPs per training image (counted with torch's
+FlopCounterMode, see shared reference engine-facts §7) at a model FLOP utilisation typical of PyTorch diffusion
+training; the estimate says which. Parameter counts come from the chosen model's own file headers when it can
+be read (``read_model_size``), else from the real SDXL / SD 1.5. The disk a run fills (model files kept, states,
+latent cache) is ``estimate_disk``. The first real run's ``images_per_s`` in ``log.jsonl`` is the number to trust
+after that (``bench/train_step.py --calibrate`` turns it into a table row).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from helpers.training.calibration import MeasuredSpeed, find_measured_speed
 
 # Parameter counts of the real models (diffusers configs of SDXL base 1.0 and SD 1.5).
 PARAMS = {
@@ -25,10 +32,30 @@ VAE_ENCODE_FLOPS_1024 = 4.88e12
 # checkpointing; 48 GB without). Scales with pixel count.
 ACTIVATION_GB = {"sdxl": (14.0, 3.0), "sd15": (4.0, 1.0)}
 # Dense bf16/fp16 tensor-core peaks (vendor datasheets) for the GPUs people rent.
-GPU_PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "L40": 181, "A6000": 155, "A40": 150,
-                   "4090": 165, "3090": 71, "A10": 125, "L4": 121, "T4": 65, "V100": 125}
+GPU_PEAK_TFLOPS = {"H200": 989, "H100 PCIE": 756, "H100": 989, "A100": 312, "L40S": 362, "L40": 181, "A6000": 155,
+                   "A40": 150, "4090": 165, "3090": 71, "A10": 125, "L4": 121, "T4": 65, "V100": 125}
 MFU = 0.35  # ~ what PyTorch SDXL sustains: 110 of 312 TFLOPS on an A100 at inference (HF TensorRT card)
 CONTEXT_GB = 1.5  # CUDA context, allocator slack, cuDNN workspaces
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What the estimate sizes: parameters per component, U-Net fwd+bwd FLOPs per image at ``native_res`` and the
+    activation memory per image there (without / with gradient checkpointing), and where the numbers came from."""
+
+    arch: str
+    params: dict[str, int]
+    train_flops: float
+    native_res: int
+    activation_gb: tuple[float, float]
+    source: str
+
+
+def real_model_size(arch: str) -> ModelSize:
+    """The real SDXL base / SD 1.5 (diffusers configs; FLOPs counted on them)."""
+    flops, res = TRAIN_FLOPS[arch]
+    return ModelSize(arch, dict(PARAMS[arch]), flops, res, ACTIVATION_GB[arch],
+                     f"the real {'SDXL' if arch == 'sdxl' else 'SD 1.5'} sizes")
 
 
 @dataclass
@@ -41,13 +68,18 @@ class Estimate:
     cost: float | None
     fits: bool | None
     notes: list[str]
+    speed_source: str = ""  # "measured (RTX 4090, OneTrainer: https://...)" or "FLOP model (...)"
+    model_source: str = ""  # "read from model.safetensors" or "the real SDXL sizes (...)"
+    params: dict[str, int] = field(default_factory=dict)
+    trained_params: int = 0  # what the optimizer updates (and a training state holds)
 
     def summary(self) -> str:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in self.vram_parts.items())
-        lines = [f"VRAM ≈ {self.vram_gb:.1f} GB ({parts})"]
+        lines = [f"VRAM ≈ {self.vram_gb:.1f} GB ({parts}); sizes: {self.model_source}"]
         if self.images_per_s:
-            lines.append(f"speed ≈ {self.images_per_s:.2f} images/s → {self.total_images} images in "
-                         f"≈ {self.hours:.2f} h" + (f", ≈ {self.cost:.2f} at your price" if self.cost is not None else ""))
+            lines.append(f"speed ≈ {self.images_per_s:.2f} images/s [{self.speed_source}] → {self.total_images} "
+                         f"images in ≈ {self.hours:.2f} h" +
+                         (f", ≈ {self.cost:.2f} at your price" if self.cost is not None else ""))
         lines += self.notes
         return "\n".join(lines)
 
@@ -62,6 +94,7 @@ def optimizer_bytes_per_param(optimizer: str, weight_bytes: int) -> float:
 
 
 def gpu_peak_tflops(gpu_name: str) -> float | None:
+    """Dense bf16 peak of a GPU by name ("NVIDIA H100 PCIe" before "H100": the table's order matters)."""
     name = gpu_name.upper().replace("RTX ", "").replace("NVIDIA ", "")
     for key, value in GPU_PEAK_TFLOPS.items():
         if key in name:
@@ -73,17 +106,20 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
                  train_te1: bool, train_te2: bool, mixed_precision: str, full_half: bool,
                  gradient_checkpointing: bool, vae_fp32: bool, cached_latents: bool,
                  gpu_name: str | None = None, vram_gb: float | None = None,
-                 price_per_hour: float | None = None, ema_on_gpu: bool = False) -> Estimate:
-    """VRAM, speed, time and cost of a full fine-tune (pure: pass the numbers, get the estimate)."""
-    p = PARAMS[arch]
+                 price_per_hour: float | None = None, ema_on_gpu: bool = False, model: ModelSize | None = None,
+                 measured: MeasuredSpeed | None = None) -> Estimate:
+    """VRAM, speed, time and cost of a full fine-tune (pure: pass the numbers, get the estimate). ``model``: the
+    sizes read from the chosen model (default: the real ones); ``measured``: a calibrated speed for this GPU."""
+    model = model or real_model_size(arch)
+    p = model.params
     half = 2 if mixed_precision != "no" else 4
     wbytes = 2 if full_half else 4
     trained = p["unet"] + (p.get("te1", 0) if train_te1 else 0) + (p.get("te2", 0) if train_te2 else 0)
     frozen_te = (0 if train_te1 else p.get("te1", 0)) + (0 if train_te2 else p.get("te2", 0))
     gb = 1e9
-    native_flops, native_res = TRAIN_FLOPS[arch]
+    native_flops, native_res = model.train_flops, model.native_res
     scale = (resolution / native_res) ** 2
-    act_no_ckpt, act_ckpt = ACTIVATION_GB[arch]
+    act_no_ckpt, act_ckpt = model.activation_gb
     parts = {
         "weights": (trained * wbytes + frozen_te * half + p["vae"] * (4 if vae_fp32 else 2)) / gb,
         "gradients": trained * wbytes / gb,
@@ -101,6 +137,9 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
         flops += VAE_ENCODE_FLOPS_1024 * (resolution / 1024) ** 2
     peak = gpu_peak_tflops(gpu_name) if gpu_name else None
     ips = peak * 1e12 * MFU / flops if peak else None
+    speed_source = f"FLOP model: {peak:g} TFLOPS peak at {MFU:.0%} use" if peak else ""
+    if measured is not None:
+        ips, speed_source = measured.images_per_s, measured.label
     hours = total_images / ips / 3600 if ips else None
     cost = hours * price_per_hour if hours is not None and price_per_hour else None
     fits = None if vram_gb is None else vram <= vram_gb * 0.95
@@ -111,12 +150,110 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
             (["ema.device = 'cpu'"] if ema_on_gpu else []) + \
             ["Adafactor (fixed LR)"] * (optimizer != "Adafactor")
         notes.append(f"does not fit in {vram_gb:.0f} GB: try " + ", ".join(tips))
-    if gpu_name and peak is None:
-        notes.append(f"no peak-FLOPs figure for {gpu_name}: time not estimated")
+    if gpu_name and ips is None:
+        notes.append(f"no peak-FLOPs figure for {gpu_name}: time not estimated (known: {', '.join(GPU_PEAK_TFLOPS)})")
     if mixed_precision == "fp16" and full_half:
         notes.append("full fp16 needs AdamW8bit or it NaNs (the guide's experience)")
     return Estimate(round(vram, 1), {k: round(v, 1) for k, v in parts.items()}, ips, total_images,
-                    hours, cost, fits, notes)
+                    hours, cost, fits, notes, speed_source, model.source, dict(p), trained)
+
+
+def count_unet_train_flops(unet_config: dict, resolution: int, tokens: int = 77) -> float:
+    """FLOPs of one U-Net forward + backward (weights trained) for one image, counted on the meta device with
+    torch's FlopCounterMode (no memory, seconds for SDXL; SDPA counted; FLOP = 2·MAC)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config)
+        lat = resolution // 8
+        x = torch.randn(1, unet_config.get("in_channels", 4), lat, lat)
+        t = torch.tensor([500])
+        ctx = torch.randn(1, tokens, unet_config.get("cross_attention_dim", 768))
+        extra = {}
+        if unet_config.get("addition_embed_type") == "text_time":  # SDXL: pooled text + 6 size numbers
+            pooled = unet_config["projection_class_embeddings_input_dim"] - 6 * unet_config["addition_time_embed_dim"]
+            extra = {"added_cond_kwargs": {"text_embeds": torch.randn(1, pooled), "time_ids": torch.randn(1, 6)}}
+    with FlopCounterMode(display=False) as counter:
+        unet(x, t, encoder_hidden_states=ctx, **extra).sample.sum().backward()
+    return float(counter.get_total_flops())
+
+
+def read_model_size(base_model: str, models_dir: Path | None, resolution: int | None = None) -> ModelSize:
+    """Sizes of the chosen model from its file headers (no weights read); raises OSError/ValueError when it
+    cannot be read here (a Hub id not downloaded yet, a pickle file, a damaged file). A U-Net of another size
+    than the real one has its FLOPs counted at ``resolution`` (default: the native one)."""
+    from helpers.models import open_checkpoint
+    from helpers.models.checkpoint import summarize_checkpoint
+    from helpers.models.loader import component_config
+    from helpers.training.components import resolve_base_model
+
+    if not base_model:
+        raise ValueError("no base model chosen yet")
+    path = Path(resolve_base_model(base_model, models_dir))
+    if not path.exists():
+        raise FileNotFoundError(f"{base_model} is not on this machine")
+    with open_checkpoint(path) as ck:
+        summary, unet_config = summarize_checkpoint(ck), component_config(ck, "unet")
+        arch = ck.arch
+    params = {c: int(info["parameters"]) for c, info in summary["components"].items()}
+    real = real_model_size(arch)
+    res, flops = real.native_res, real.train_flops  # the real U-Net: its counted FLOPs, no need to count again
+    if not math.isclose(params.get("unet", 0), real.params["unet"], rel_tol=0.005):
+        # another size (a tiny test model, a distilled U-Net): count its own where it trains, and scale the
+        # activation memory by its FLOPs against the real U-Net's there
+        res = resolution or real.native_res
+        flops = count_unet_train_flops(unet_config, res)
+    pixels = (res / real.native_res) ** 2
+    ratio = flops / (real.train_flops * pixels ** 1.1)  # the estimate's own scaling of the real U-Net's FLOPs
+    activations = (real.activation_gb[0] * ratio * pixels, real.activation_gb[1] * ratio * pixels)
+    total = sum(params.values())
+    return ModelSize(arch, params, flops, res, activations,
+                     f"read from {path.name} ({total / 1e9:.3g} B parameters)" if total >= 1e8 else
+                     f"read from {path.name} ({total / 1e6:.3g} M parameters)")
+
+
+def model_size_for(base_model: str, models_dir: Path | None, arch: str, resolution: int | None = None) -> ModelSize:
+    """``read_model_size``, or the real sizes of ``arch`` with the reason the model could not be read."""
+    try:
+        return read_model_size(base_model, models_dir, resolution)
+    except Exception as exc:  # unreadable for any reason: the estimate still answers, and says why
+        real = real_model_size(arch)
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        return ModelSize(**{**real.__dict__, "source": f"{real.source} ({reason})"})
+
+
+def state_gb(trained_params: int, optimizer: str, full_half: bool, ema: bool) -> float:
+    """One training state on disk: trained weights (their dtype), optimizer state, the fp32 EMA copy."""
+    wbytes = 2 if full_half else 4
+    return trained_params * (wbytes + optimizer_bytes_per_param(optimizer, wbytes) + (4 if ema else 0)) / 1e9
+
+
+def estimate_disk(*, params: dict[str, int], trained_params: int, optimizer: str, full_half: bool,
+                  save_precision: str, model_saves: int, keep_last: int, twin_files: bool, ema: bool,
+                  state_saves: bool, keep_last_states: int, cached_latent_images: int, resolution: int
+                  ) -> dict[str, float]:
+    """GB a run leaves on disk at its fullest: model files kept (periodic ones + the final), training states
+    (one more than kept while the next is written: the old one goes only after the new one is complete), and
+    the latent cache on disk (fp32, 4 channels at 1/8 resolution)."""
+    model_file = sum(params.values()) * (4 if save_precision == "fp32" else 2) / 1e9
+    kept = model_saves if keep_last == 0 else min(keep_last, model_saves)
+    return {"checkpoints": round((kept + 1) * (2 if twin_files else 1) * model_file, 2),
+            "states": round((keep_last_states + 1) * state_gb(trained_params, optimizer, full_half, ema), 2)
+            if state_saves else 0.0,
+            "latent_cache": round(cached_latent_images * 4 * (resolution // 8) ** 2 * 4 / 1e9, 2)}
+
+
+def run_settings(cfg, arch: str) -> dict:
+    """What a speed measurement must match (``training.calibration``), from a TrainConfig."""
+    network = getattr(cfg, "network", None)  # adapter training (LoRA/LyCORIS) when its section is on
+    mode = "lora" if network is not None and getattr(network, "enabled", False) else "full"
+    return {"arch": arch, "resolution": cfg.data.resolution, "mode": mode, "batch_size": cfg.batch_size,
+            "gradient_checkpointing": cfg.precision.gradient_checkpointing,
+            "cached_latents": cfg.data.cache_latents != "off", "train_text_encoder": cfg.optimizer.train_text_encoder,
+            "optimizer": cfg.optimizer.optimizer, "mixed_precision": cfg.precision.mixed_precision,
+            "ema": cfg.ema.enabled}
 
 
 def count_training_images(dataset_root, default_repeats: int, epochs: int, caption_extension: str = ".txt") -> int:
@@ -128,30 +265,52 @@ def count_training_images(dataset_root, default_repeats: int, epochs: int, capti
     return epochs * sum(item.repeats for item in items)
 
 
-def estimate_config(cfg, ws, gpu_name: str | None = None, vram_gb: float | None = None,
-                    price_per_hour: float | None = None, arch: str | None = None) -> Estimate:
-    """The estimate for a TrainConfig on this workspace's dataset (GPU taken from torch when not given)."""
-    from helpers.training.loop import resolve_dataset
+def detect_gpu() -> tuple[str | None, float | None]:
+    """This machine's first CUDA GPU: name and memory in GiB, or (None, None)."""
+    import torch
 
-    if gpu_name is None:
-        import torch
+    if not torch.cuda.is_available():
+        return None, None
+    props = torch.cuda.get_device_properties(0)
+    return props.name, props.total_memory / 2**30
 
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            gpu_name, vram_gb = props.name, props.total_memory / 2**30
-    arch = arch or (cfg.model.arch if cfg.model.arch != "auto" else "sdxl")
-    o, d, pr = cfg.optimizer, cfg.data, cfg.precision
+
+def trained_text_encoders(cfg, arch: str) -> tuple[bool, bool]:
+    """Whether text encoder 1 / 2 train (a text encoder whose learning rate is 0 stays frozen)."""
+    o = cfg.optimizer
     te1 = o.train_text_encoder and (o.learning_rate_te1 if o.learning_rate_te1 is not None else o.learning_rate) > 0
     te2 = arch == "sdxl" and o.train_text_encoder and \
         (o.learning_rate_te2 if o.learning_rate_te2 is not None else o.learning_rate) > 0
-    images = count_training_images(resolve_dataset(d.dataset, ws.models if ws else None), d.repeats, cfg.epochs,
-                                   d.caption_extension)
-    if cfg.max_steps:
-        images = min(images, cfg.max_steps * cfg.batch_size * o.gradient_accumulation_steps)
-    return estimate_run(arch=arch, resolution=d.resolution, batch_size=cfg.batch_size, total_images=images,
-                        optimizer=o.optimizer, train_te1=te1, train_te2=te2, mixed_precision=pr.mixed_precision,
-                        full_half=pr.full_half_precision, gradient_checkpointing=pr.gradient_checkpointing,
-                        vae_fp32=pr.vae_precision == "fp32", cached_latents=d.cache_latents != "off",
-                        gpu_name=gpu_name, vram_gb=vram_gb, price_per_hour=price_per_hour,
-                        ema_on_gpu=cfg.ema.enabled and cfg.ema.device != "cpu")
+    return te1, te2
 
+
+def estimate_config(cfg, ws, gpu_name: str | None = None, vram_gb: float | None = None,
+                    price_per_hour: float | None = None, arch: str | None = None, gpus: int = 1,
+                    total_images: int | None = None) -> Estimate:
+    """The estimate for a TrainConfig on this workspace's dataset and base model (GPU taken from torch when not
+    given; ``gpus`` share the images, data parallel)."""
+    from helpers.training.loop import resolve_dataset
+
+    if gpu_name is None:
+        gpu_name, vram_gb = detect_gpu()
+    models_dir = ws.models if ws else None
+    guess = arch or (cfg.model.arch if cfg.model.arch != "auto" else "sdxl")
+    model = model_size_for(cfg.model.base_model, models_dir, guess, cfg.data.resolution)
+    arch = model.arch
+    o, d, pr = cfg.optimizer, cfg.data, cfg.precision
+    te1, te2 = trained_text_encoders(cfg, arch)
+    if total_images is None:
+        total_images = count_training_images(resolve_dataset(d.dataset, models_dir), d.repeats, cfg.epochs,
+                                             d.caption_extension)
+    if cfg.max_steps:
+        total_images = min(total_images, cfg.max_steps * cfg.batch_size * o.gradient_accumulation_steps * gpus)
+    est = estimate_run(arch=arch, resolution=d.resolution, batch_size=cfg.batch_size,
+                       total_images=math.ceil(total_images / gpus),  # each GPU trains on its share
+                       optimizer=o.optimizer, train_te1=te1, train_te2=te2, mixed_precision=pr.mixed_precision,
+                       full_half=pr.full_half_precision, gradient_checkpointing=pr.gradient_checkpointing,
+                       vae_fp32=pr.vae_precision == "fp32", cached_latents=d.cache_latents != "off",
+                       gpu_name=gpu_name, vram_gb=vram_gb, price_per_hour=price_per_hour,
+                       ema_on_gpu=cfg.ema.enabled and cfg.ema.device != "cpu", model=model,
+                       measured=find_measured_speed(gpu_name, run_settings(cfg, arch)))
+    est.total_images = total_images
+    return est

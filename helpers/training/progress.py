@@ -5,17 +5,18 @@ notebook monitor, the tests) reads the log through ``read_log`` / ``read_log_sin
 file names come from ``helpers.workspace.RunPaths``.
 
 ``log.jsonl`` (append-only, one JSON object per line, flushed each line) holds
-- step lines: ``{"step", "epoch", "loss", "lr", "lrs", "images_per_s", "s_per_step", "peak_memory_gb", "eta_s",
-  "time"}`` (``loss`` is the mean over the step's accumulated batches; ``lrs`` the effective LR per model;
-  ``ema_decay`` when EMA is on);
-- event lines: ``{"event": "start"|"resume"|"data"|"stage"|"checkpoint"|"state"|"warning"|
-  "learning_rate_changed"|"finished"|"failed", ...}``.
+- step lines: ``{"step", "epoch", "loss", "lr", "lrs", "images_per_s", "s_per_step", "data_s", "peak_memory_gb",
+  "eta_s", "time"}`` (``loss`` is the mean over the step's accumulated batches; ``lrs`` the effective LR per model;
+  ``images_per_s`` and ``s_per_step`` the GPU's work, ``data_s`` the wait for the loader before it; ``ema_decay``
+  when EMA is on);
+- event lines: ``{"event": "start"|"resume"|"data"|"stage"|"checkpoint"|"state"|"state_skipped"|"warning"|
+  "learning_rate_changed"|"stopped"|"finished"|"failed", ...}`` (``state`` with ``seconds`` and ``bytes``).
 A resumed run appends; the last line for a step wins.
 
 ``status.json`` (rewritten atomically, at most once a second and at every event) is the one file a monitor
 needs: ``{"state": "starting"|"caching"|"training"|"finished"|"failed", "step", "total_steps", "epoch",
-"epochs", "loss", "lr", "images_per_s", "eta_s", "peak_memory_gb", "last_checkpoint", "last_state", "error",
-"warnings", "pid", "updated"}``. Step records also go to the run's trackers (TensorBoard, W&B).
+"epochs", "loss", "lr", "images_per_s", "eta_s", "peak_memory_gb", "last_checkpoint", "last_state",
+"last_state_at", "last_state_step", "error", "warnings", "pid", "updated"}`` (``state`` also "stopped"). Step records also go to the run's trackers (TensorBoard, W&B).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ class RunMonitor:
         self._append({"event": event, "time": time.time(), **fields})
         if event == "checkpoint":
             self.status["last_checkpoint"] = fields.get("path")
-        elif event == "state":
-            self.status["last_state"] = fields.get("path")
+        elif event == "state":  # the last safe point: what a spot pause or a kill would fall back to
+            self.status.update(last_state=fields.get("path"), last_state_at=time.time(),
+                               last_state_step=fields.get("step"))
         elif event == "warning":  # kept in the status so a notebook monitor shows every one of them
             self.status.setdefault("warnings", []).append(fields.get("message", ""))
         self.update(force=True)

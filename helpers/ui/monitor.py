@@ -1,4 +1,6 @@
-"""A live view of a detached training run: progress with rate and ETA, the loss curve, the newest samples.
+"""A live view of a detached training run: progress with rate and ETA, the loss curve, the newest samples, the
+last safe point (how old the newest resumable state is: what a spot pause would cost) and the speed watch
+(measured images/s against the pre-flight's estimate, with the likely cause when far below).
 
 Everything shown is read from the run folder (``RunPaths``: status, log, samples), so a reloaded page or a
 restarted kernel shows the same run again: make a new monitor on the run and watch. ``watch()`` refreshes from
@@ -8,6 +10,7 @@ monitor keeps moving. ``stop()`` stops watching (never the training); ``wait()``
 
 from __future__ import annotations
 
+import collections
 import html
 import io
 import threading
@@ -18,6 +21,7 @@ import ipywidgets as w
 
 from helpers import runner
 from helpers.training.progress import add_step_losses, read_log_since
+from helpers.training.speedwatch import SpeedVerdict, assess_speed
 from helpers.ui.errors import error_html
 from helpers.workspace import RunPaths
 
@@ -47,13 +51,17 @@ class TrainingMonitor:
         self.run = run
         self.bar = w.IntProgress(value=0, min=0, max=1, description="step", layout=w.Layout(width="60%"))
         self.line = w.HTML("")
+        self.watch_line = w.HTML("")  # last safe point and the speed watch
         # hidden until they have a picture: an empty Image renders as a broken-image icon in the browser
         self.chart = w.Image(format="png", layout=w.Layout(max_width="720px", display="none"))
         self.samples = w.Image(format="png", layout=w.Layout(max_width="720px", display="none"))
-        self.widget = w.VBox([w.HTML(f"<b>run {html.escape(run.name)}</b>"), self.bar, self.line, self.chart,
-                              self.samples])
+        self.widget = w.VBox([w.HTML(f"<b>run {html.escape(run.name)}</b>"), self.bar, self.line, self.watch_line,
+                              self.chart, self.samples])
         self.status: runner.JobStatus | None = None
         self._losses: dict[int, float] = {}
+        self._recent: collections.deque[dict] = collections.deque(maxlen=60)  # step records for the speed watch
+        self._preflight: dict = {}
+        self.verdict: SpeedVerdict | None = None
         self._log_offset = 0
         self._chart_step = -1
         self._sample_rounds: dict[int, dict] = {}  # step -> the log's samples event
@@ -71,6 +79,8 @@ class TrainingMonitor:
             self.line.value = _status_line(st)
             records = self._new_records()
             self._refresh_chart(records)
+            self.verdict = assess_speed(list(self._recent), self._read_preflight())
+            self.watch_line.value = _watch_line(st, self.verdict, self._preflight, time.time())
             self._refresh_samples(records)
             self.status = st
             return st
@@ -79,11 +89,13 @@ class TrainingMonitor:
         """The log lines written since the last refresh."""
         if self.run.log.exists() and self.run.log.stat().st_size < self._log_offset:  # the run was started afresh
             self._losses, self._sample_rounds, self._log_offset = {}, {}, 0
+            self._recent.clear()
         records, self._log_offset = read_log_since(self.run.log, self._log_offset)  # only what is new
         return records
 
     def _refresh_chart(self, records: list[dict]) -> None:
         add_step_losses(records, self._losses)
+        self._recent.extend(r for r in records if "event" not in r)
         last = max(self._losses, default=-1)
         if last >= 0 and last != self._chart_step:
             from helpers.ui.charts import line_chart
@@ -92,6 +104,12 @@ class TrainingMonitor:
             curve = sorted(self._losses.items())
             self.chart.value = _png(line_chart({"loss": curve}, f"{self.run.name}: loss per step", "step", "loss"))
             self.chart.layout.display = ""
+
+    def _read_preflight(self) -> dict:
+        """The estimate the trainer started with (``preflight.json``), read once it is there."""
+        if not self._preflight:
+            self._preflight = runner.read_json(self.run.preflight)
+        return self._preflight
 
     def _refresh_samples(self, records: list[dict]) -> None:
         """A row per prompt, a column per sampling round (the log's ``samples`` events), newest rounds last."""
@@ -170,4 +188,32 @@ def _status_line(st: runner.JobStatus) -> str:
         text += f"<br><span style='color:#b60'>&#9888; {html.escape(warning)}</span>"
     if st.error:
         text += "<br>" + error_html(st.error)
+    return text
+
+
+def _ago(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _watch_line(st: runner.JobStatus, verdict: SpeedVerdict | None, preflight: dict, now: float) -> str:
+    """Last safe point (red when it is old: a pause now loses that much), the speed against the estimate, and
+    the pre-flight's warnings the run started with (a disk that will not hold everything, ...)."""
+    bits = []
+    if st.state in ("training", "stopped", "died", "failed") or st.last_state_at:
+        if st.last_state_at:
+            age = now - st.last_state_at
+            text = f"last safe point: {_ago(age)} ago (step {st.last_state_step})"
+            bits.append(f"<span style='color:#c00'>{text}</span>" if age > 45 * 60 and st.alive else text)
+        elif st.alive:
+            bits.append("no safe point yet (the first resumable state comes with saving.state_every_n_*)")
+    if verdict is not None:
+        estimate = f" (estimate {verdict.expected:.2f})" if verdict.expected else ""
+        bits.append(f"speed {verdict.measured:.2f} img/s{estimate}")
+    text = " · ".join(html.escape(b) if not b.startswith("<span") else b for b in bits)
+    if verdict is not None and verdict.cause:
+        text += f"<br><span style='color:#b60'>&#9888; slow: {html.escape(verdict.cause)}</span>"
+    noted = (preflight.get("errors") or []) + [m for m in preflight.get("warnings") or [] if m.startswith("disk")]
+    for message in noted:
+        text += f"<br><span style='color:#b60'>&#9888; pre-flight: {html.escape(message)}</span>"
     return text

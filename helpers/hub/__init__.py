@@ -1,5 +1,8 @@
 """Hugging Face Hub account: log in without ever echoing or writing the token anywhere but HF's token file.
 
+Uploads live beside this in ``helpers.hub.upload`` (the one uploader: runs, LoRAs, evaluation results), and the
+command line in ``python -m helpers.hub`` (upload, pack, remind).
+
 The token comes from a password field or ``HF_TOKEN``; it is checked with the Hub, stored where
 ``huggingface_hub`` keeps it (``$HF_HOME/token``, inside the workspace after setup.sh), and never printed,
 logged, saved into a notebook or a config. Every error message passes through ``redact``.
