@@ -18,6 +18,7 @@ TEMPLATES = sorted((Path(__file__).resolve().parent.parent / "templates").glob("
 KEYS = {"vram_gb", "vram_by_part", "fits", "steps", "seconds_per_step", "hours", "cost", "disk_gb", "errors",
         "warnings", "would_start", "speed_source", "model_source", "disk_free_gb", "params"}
 SDXL_HUB = "stabilityai/stable-diffusion-xl-base-1.0"  # not on this machine: the real SDXL sizes are used
+SD15_HUB = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # likewise: the real SD 1.5 sizes
 
 
 @pytest.fixture
@@ -48,12 +49,13 @@ def test_dry_run_json_for_every_template(template, ws, capsys):
     assert KEYS <= set(report) and code == (0 if report["would_start"] else 2)
     assert set(report["fits"]) == {"24", "48", "80"} and report["vram_gb"] == pytest.approx(
         sum(report["vram_by_part"].values()), abs=0.3)
-    base = "tiny-sdxl" if template.stem == "demo_tiny" else SDXL_HUB
+    arch = build_config(TrainConfig, template).model.arch
+    base = "tiny-sdxl" if template.stem == "demo_tiny" else SD15_HUB if arch == "sd15" else SDXL_HUB
     code, report = dry_run_json(capsys, run_config(ws, template, model={"base_model": base}), "--gpu", "A100",
                                 "--price", "1.5", "--workspace", str(ws.root))
     assert code == 0 and report["would_start"] and not report["errors"], report["errors"]
     assert report["steps"] > 0 and report["hours"] == pytest.approx(report["steps"] * report["seconds_per_step"] / 3600,
-                                                                    rel=0.01)
+                                                                    rel=0.01, abs=0.0006)  # hours: 3 decimals
     assert report["cost"] == pytest.approx(report["hours"] * 1.5, abs=0.01)
 
 
