@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 
 from helpers.config import option
+from helpers.generation.long_prompts import long_prompt_embeds, token_count, too_long
 from helpers.generation.loras import AppliedLoras, LoraSpec
 from helpers.generation.parameters import GenerationParameters, format_parameters, save_png
 from helpers.generation.samplers import find_sampler, make_scheduler
+from helpers.models.prompt_chunks import MAX_TOKENS
 
 
 class GenerationError(RuntimeError):
@@ -106,6 +108,7 @@ class ImageGenerator:
                                                 unet=bundle.unet, scheduler=scheduler, safety_checker=None,
                                                 feature_extractor=None, requires_safety_checker=False)
         self.pipe.set_progress_bar_config(disable=True)
+        self._force_zeros = self.arch == "sdxl" and bool(self.pipe.config.get("force_zeros_for_empty_prompt"))
         self.offload = offload
         if offload == "model":
             self.pipe.enable_model_cpu_offload(device=self.device)
@@ -196,16 +199,26 @@ class ImageGenerator:
         self.pipe.scheduler = make_scheduler(s.sampler, self._scheduler_config, self.prediction,
                                              zero_terminal_snr=self.zero_terminal_snr)
         negatives = [i.negative_prompt for i in items]
-        kwargs = {}
-        if s.clip_skip > 1 and self.arch == "sd15":
-            kwargs["clip_skip"] = s.clip_skip - 1  # diffusers counts layers skipped after the last one
+        prompts = [i.prompt for i in items]
+        cut = too_long(self.bundle.tokenizers[0], [*prompts, *negatives])
+        if cut:
+            raise GenerationError(f"a prompt of {token_count(self.bundle.tokenizers[0], cut[0])} tokens is longer "
+                                  f"than the {MAX_TOKENS} this tool reads (seven 75-token chunks): shorten it")
         try:
+            with torch.no_grad(), self._autocast():
+                kwargs = long_prompt_embeds(self.arch, self.bundle.text_encoders, self.bundle.tokenizers, prompts,
+                                            negatives, clip_skip=s.clip_skip,
+                                            zeros_for_empty_negative=self._zeros_for_empty_negative(),
+                                            # diffusers' own clip skip reads text_model.final_layer_norm, which
+                                            # transformers 5 moved: SD 1.5 clip skip takes our encoder
+                                            force=s.clip_skip > 1 and self.arch == "sd15")
+            if kwargs is None:  # every text fits CLIP's 77 positions: diffusers encodes them itself
+                kwargs = {"prompt": prompts,
+                          "negative_prompt": negatives if any(n.strip() for n in negatives) else None}
             with self._autocast():
-                out = self.pipe(prompt=[i.prompt for i in items],
-                                negative_prompt=negatives if any(n.strip() for n in negatives) else None,
-                                num_inference_steps=s.steps, guidance_scale=s.cfg, guidance_rescale=s.rescale_cfg,
-                                width=s.width, height=s.height, output_type="latent",
-                                generator=[torch.Generator("cpu").manual_seed(i.seed) for i in items], **kwargs)
+                out = self.pipe(**kwargs, num_inference_steps=s.steps, guidance_scale=s.cfg,
+                                guidance_rescale=s.rescale_cfg, width=s.width, height=s.height, output_type="latent",
+                                generator=[torch.Generator("cpu").manual_seed(i.seed) for i in items])
         except torch.OutOfMemoryError:
             self.free_cache()
             raise GenerationError(self._oom_message(len(items), s)) from None
@@ -215,6 +228,10 @@ class ImageGenerator:
             self.free_cache()
             raise GenerationError(self._oom_message(len(items), s).replace("GPU ", "")) from None
         return out.images
+
+    def _zeros_for_empty_negative(self) -> bool:
+        """SDXL's pipeline uses zero embeddings, not an encoded "", when there is no negative prompt."""
+        return self._force_zeros
 
     def _oom_message(self, batch: int, s: ImageSettings) -> str:
         lower = f"lower batch_size (now {batch}) first, then " if batch > 1 else ""
