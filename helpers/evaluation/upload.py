@@ -36,35 +36,47 @@ def evaluated_files(ws: Workspace, run_name: str) -> dict[str, Path]:
     else:
         final = data["checkpoints"][-1]["file"]
         files[Path(final).name] = Path(final)
-    marker = {"run": run_name, "files": sorted(files), "recommendation": rec}
-    files[MARKER] = write_text_atomic(folder / MARKER, json.dumps(marker, indent=1))
+    # the marker names the run only, so its git blob id identifies the run's repo across re-evaluations
+    files[MARKER] = write_text_atomic(folder / MARKER, json.dumps({"run": run_name, "tool": "tunebook"}, indent=1))
     return files
 
 
-def check_repo_owner(api, repo_id: str, run_name: str, files: dict[str, Path], token: str, overwrite: bool) -> None:
-    """Refuse a repo that holds files of something else: its marker names another run, or it holds files that
-    this upload does not have (a resumed upload of this run is fine)."""
-    from huggingface_hub import hf_hub_download
+def _other_run_name(api, repo_id: str, token: str) -> str | None:
+    """The run named by the repo's marker (best effort: None when it cannot be read)."""
+    from huggingface_hub.utils import build_hf_headers, get_session
 
     try:
-        there = [f.path for f in api.list_repo_tree(repo_id, recursive=True, token=token) if hasattr(f, "blob_id")]
+        response = get_session().get(f"{api.endpoint}/{repo_id}/resolve/main/{MARKER}",
+                                     headers=build_hf_headers(token=token), follow_redirects=True, timeout=30)
+        return str(json.loads(response.content).get("run")) if response.status_code == 200 else None
+    except Exception:
+        return None
+
+
+def check_repo_owner(api, repo_id: str, run_name: str, files: dict[str, Path], token: str, overwrite: bool) -> None:
+    """Refuse a repo that holds something else: its marker names another run, or (no marker: an upload stopped
+    before it landed, or not a tunebook repo) it holds files this upload does not have."""
+    from helpers.hub.upload import git_blob_id
+
+    try:
+        there = {f.path: f for f in api.list_repo_tree(repo_id, recursive=True, token=token) if hasattr(f, "blob_id")}
     except Exception:  # not there yet (or not visible: prepare_repo says why)
         return
     if not there or overwrite:
         return
-    owner = None
-    if MARKER in there:
-        try:
-            path = hf_hub_download(repo_id, MARKER, token=token, endpoint=api.endpoint,
-                                   cache_dir=str(files[MARKER].parent / ".hub-cache"))
-            owner = json.loads(Path(path).read_text(encoding="utf-8")).get("run")
-        except Exception:
-            owner = "?"
-    foreign = sorted(set(there) - set(files) - {".gitattributes"})
-    if (owner is not None and owner != run_name) or (owner is None and foreign):
-        what = f"run {owner!r}" if owner not in (None, "?") else f"other files ({', '.join(foreign[:3])})"
-        raise EvaluationError(f"{repo_id} already holds {what}: choose another repo name, or pass overwrite=True "
-                              "(--overwrite) to upload this run into it anyway; nothing was uploaded")
+    marker = there.get(MARKER)
+    if marker is not None:
+        if marker.blob_id == git_blob_id(files[MARKER]):
+            return  # this run's repo: upload again / resume
+        other = _other_run_name(api, repo_id, token)
+        what = f"run {other!r}" if other else "another run (its tunebook.json names a different run)"
+    else:
+        foreign = sorted(set(there) - set(files) - {".gitattributes"})
+        if not foreign:
+            return  # an earlier upload of this run that stopped halfway
+        what = f"other files ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})"
+    raise EvaluationError(f"{repo_id} already holds {what}: choose another repo name, or pass overwrite=True "
+                          "(--overwrite) to upload this run into it anyway; nothing was uploaded")
 
 
 def upload_evaluated(workspace, run_name: str, repo_id: str, *, token: str | None = None, private: bool = True,
