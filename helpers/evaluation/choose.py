@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from helpers.evaluation.outcome import Recommendation
 from helpers.evaluation.settings import EvalSettings
 
 CHART_METRICS = {
@@ -56,6 +57,7 @@ def _tests(m: dict, base: dict, best_fid: float | None, fkey, akey, s: EvalSetti
     if fid is not None and best_fid:
         gap = (best_fid - fid) / abs(best_fid)
         out["fidelity"] = (gap <= s.fidelity_tolerance, "the best fidelity" if gap <= 1e-9 else
+                           "fidelity level with the best" if gap < 0.0005 else
                            f"fidelity within {gap * 100:.1f} % of the best" if gap <= s.fidelity_tolerance else
                            f"fidelity {gap * 100:.1f} % below the best")
     a, b = (_num(m, akey), _num(base, akey)) if akey else (None, None)
@@ -72,8 +74,6 @@ def _tests(m: dict, base: dict, best_fid: float | None, fkey, akey, s: EvalSetti
 
 def recommend(variants: list, scored: dict[str, dict], settings: EvalSettings):
     """The :class:`Recommendation` (or None when no checkpoint was evaluated at a strength above 0)."""
-    from helpers.evaluation.run import Recommendation
-
     candidates = [v for v in variants if v.checkpoint != "base model"]
     if not candidates:
         return None

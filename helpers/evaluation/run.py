@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,58 +23,12 @@ import numpy as np
 from helpers.changes import write_text_atomic
 from helpers.evaluation import metrics as M
 from helpers.evaluation.inputs import Checkpoint, RunInputs, read_inputs
+from helpers.evaluation.outcome import Evaluation, Recommendation, Variant
 from helpers.evaluation.settings import EvalSettings, EvaluationError
 from helpers.workspace import Workspace
 
 EVAL_DIR = "evaluation"
 ENCODER_NAMES = {"clip": "clip-vit-large-patch14", "siglip": "siglip-so400m"}
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One column of the grids: the base model, or a checkpoint (as itself or as its LoRA at a strength)."""
-
-    checkpoint: str  # label ("base model" for the base)
-    strength: float
-    model: str
-    lora: str | None = None
-    epoch: int | None = None
-
-    @property
-    def key(self) -> str:
-        return "base" if self.checkpoint == "base model" else f"{self.checkpoint} @ {self.strength:g}"
-
-
-@dataclass
-class Recommendation:
-    checkpoint: str
-    strength: float
-    sentence: str
-    model: str = ""
-    lora: str | None = None
-    passed: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Evaluation:
-    """What ``evaluate_run`` made: ``metrics[(checkpoint label, strength)] = {metric: value}``."""
-
-    run: str
-    folder: Path
-    report_path: Path
-    metrics_path: Path
-    metrics: dict[tuple[str, float], dict[str, float]]
-    recommendation: Recommendation | None
-    flagged: list[dict]
-    notes: list[str]
-    charts: dict[str, Path] = field(default_factory=dict)
-    grids: dict[str, list[Path]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def table(self) -> list[dict]:
-        """One row per checkpoint and strength (for a DataFrame or a printout)."""
-        return [{"checkpoint": c, "strength": s, **m} for (c, s), m in self.metrics.items()]
 
 
 def plan_variants(inputs: RunInputs, settings: EvalSettings) -> tuple[list[Variant], list[str]]:
