@@ -167,3 +167,27 @@ def test_face_likeness_is_skipped_with_a_note_when_training_images_have_no_faces
     missing = []
     assert open_faces(ws, EvalSettings(face_models=str(tmp_path / "nowhere")), {"paths": [skin]}, missing) is None
     assert "face likeness skipped" in missing[0] and "detector.onnx" in missing[0]
+
+
+def test_face_likeness_is_scored_per_variant_from_the_generated_faces(tmp_path):
+    pytest.importorskip("onnx")
+    from helpers.evaluation.face_metric import FaceScorer
+    from helpers.evaluation.run import score
+    from helpers.generation.grid import Cell
+    from helpers.generation.parameters import GenerationParameters
+    from helpers.generation.pipeline import GeneratedImage, ImageSettings
+    from helpers.generation.prompts import PromptSpec
+    from helpers.models.faces import build_tiny_face_models, load_face_models
+
+    models = load_face_models(build_tiny_face_models(tmp_path / "faces"), tmp_path, "cpu")
+    skin = Image.new("RGB", (64, 64), (230, 170, 140))
+    blue = Image.new("RGB", (64, 64), (20, 40, 200))
+    cells = [Cell(0, 0, column, ImageSettings(prompt="p"), "m", (), [GeneratedImage(img, GenerationParameters("p"))])
+             for column, img in enumerate([blue, skin])]
+    train = {"faces": np.stack(models.embed_faces(skin))}
+    notes: list[str] = []
+    scored, flagged = score(None, EvalSettings(images_per_prompt=1), variants()[:2], {"new": [(PromptSpec("p"), None)]},
+                            {"new": cells}, {}, train, FaceScorer(models), notes)
+    assert scored["epoch 2 @ 0.5"]["face_likeness"] == pytest.approx(1.0)  # the same face as the training one
+    assert "face_likeness" not in scored["base"] and notes == ["face likeness: no face found in the images of base"]
+    assert flagged == []

@@ -138,9 +138,11 @@ def _embed_cells(encoder, by_set: dict[str, list]) -> dict[str, np.ndarray]:
 
 
 def score(inputs: RunInputs, settings: EvalSettings, variants: list[Variant], sets: dict[str, list],
-          by_set: dict[str, list], encoders: dict, train: dict[str, np.ndarray], faces=None
-          ) -> tuple[dict[str, dict[str, float]], list[dict]]:
-    """{variant key: {metric: value}} and the flagged (memorised) pairs."""
+          by_set: dict[str, list], encoders: dict, train: dict[str, np.ndarray], faces=None,
+          notes: list[str] | None = None) -> tuple[dict[str, dict[str, float]], list[dict]]:
+    """{variant key: {metric: value}} and the flagged (memorised) pairs; what could not be scored goes to
+    ``notes``."""
+    notes = notes if notes is not None else []
     k = settings.images_per_prompt
     image_rows = {kind: _embed_cells(enc, by_set) for kind, enc in encoders.items() if enc is not None}
     text_rows = {}
@@ -152,6 +154,7 @@ def score(inputs: RunInputs, settings: EvalSettings, variants: list[Variant], se
     flagged: list[dict] = []
     nv = len(variants)
     content = [s for s in sets if s != "preservation"]
+    faceless: list[str] = []
     for vi, v in enumerate(variants):
         m: dict[str, float] = {}
 
@@ -196,7 +199,11 @@ def score(inputs: RunInputs, settings: EvalSettings, variants: list[Variant], se
             gen_faces = [f for n in content for c in by_set[n] if c.column == vi for f in face_rows[n].get(id(c), [])]
             if gen_faces and len(train.get("faces", [])):
                 m["face_likeness"] = M.face_likeness(np.stack(gen_faces), train["faces"])
+            else:
+                faceless.append(v.key)
         scored[v.key] = m
+    if faceless:
+        notes.append(f"face likeness: no face found in the images of {', '.join(faceless)}")
     return scored, flagged
 
 
@@ -259,7 +266,7 @@ def evaluate_run(workspace, run_name: str, settings: EvalSettings | None = None,
         from helpers.evaluation.face_metric import open_faces
 
         faces = open_faces(ws, settings, train, notes)
-    scored, flagged = score(inputs, settings, variants, sets, by_set, encoders, train, faces)
+    scored, flagged = score(inputs, settings, variants, sets, by_set, encoders, train, faces, notes)
     table = {(v.checkpoint, v.strength): scored[v.key] for v in variants}
     for ck in inputs.checkpoints:  # strength 0 of every checkpoint is the base model
         if 0.0 in [float(s) for s in settings.strengths]:
