@@ -191,3 +191,35 @@ def test_face_likeness_is_scored_per_variant_from_the_generated_faces(tmp_path):
     assert scored["epoch 2 @ 0.5"]["face_likeness"] == pytest.approx(1.0)  # the same face as the training one
     assert "face_likeness" not in scored["base"] and notes == ["face likeness: no face found in the images of base"]
     assert flagged == []
+
+
+def test_face_models_are_downloaded_from_the_hub_into_the_workspace_once(tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    import http.server
+    import threading
+
+    import huggingface_hub.constants as hf_constants
+
+    from helpers.models.faces import DETECTOR, EMBEDDER, FaceModelError, build_tiny_face_models, load_face_models
+    from tests.test_dataset_advice import FakeHub
+
+    tiny = build_tiny_face_models(tmp_path / "tiny")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        models = tmp_path / "models"
+        with pytest.raises(FaceModelError, match="could not download the face models"):
+            load_face_models(None, models, "cpu", endpoint=url)
+        FakeHub.repos[DETECTOR[0]] = {DETECTOR[1]: (tiny / "detector.onnx").read_bytes()}
+        FakeHub.repos[EMBEDDER[0]] = {EMBEDDER[1]: (tiny / "embedder.onnx").read_bytes()}
+        load_face_models(None, models, "cpu", endpoint=url)
+        assert (models / "face-models" / DETECTOR[1]).read_bytes() == (tiny / "detector.onnx").read_bytes()
+        FakeHub.repos.clear()  # the second load finds the files and never asks the Hub
+        assert load_face_models(None, models, "cpu", endpoint=url).face_size == 112
+    finally:
+        server.shutdown()
+        server.server_close()
+        FakeHub.repos.clear()
