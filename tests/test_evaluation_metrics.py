@@ -223,3 +223,13 @@ def test_face_models_are_downloaded_from_the_hub_into_the_workspace_once(tmp_pat
         server.shutdown()
         server.server_close()
         FakeHub.repos.clear()
+
+
+def test_the_cards_prompt_format_follows_the_captions():
+    from helpers.evaluation.card import prompt_format
+
+    tags = ["zkps, red circle, blue background", "zkps, green square, white background"]
+    assert prompt_format(tags, ["zkps"]) == "Start with `zkps`, then comma-separated tags describing the picture."
+    assert prompt_format(["a photo of a zkps cat on a sofa"], ["zkps"]) == \
+        "Write a sentence describing the picture and include `zkps`."
+    assert prompt_format([], []) == "Describe the picture; no trigger word is needed."

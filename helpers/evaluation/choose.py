@@ -118,7 +118,9 @@ def write_charts(folder: Path, checkpoints: list, variants: list, scored: dict[s
 
     folder.mkdir(parents=True, exist_ok=True)
     order = {c.label: i for i, c in enumerate(checkpoints)}
-    xs = {c.label: (c.epoch if c.epoch is not None else i + 1) for i, c in enumerate(checkpoints)}
+    by_epoch = all(c.epoch is not None for c in checkpoints)
+    xs = {c.label: (c.epoch if by_epoch else c.step if c.step is not None else i + 1) for i, c in enumerate(checkpoints)}
+    xlabel = "epoch" if by_epoch else "step" if all(c.step is not None for c in checkpoints) else "checkpoint"
     out = {}
     metrics = [k for k in CHART_METRICS if any(k in m for m in scored.values())]
     for key in metrics:
@@ -133,7 +135,7 @@ def write_charts(folder: Path, checkpoints: list, variants: list, scored: dict[s
             series["base model"] = [(min(span), base), (max(span), base)]
         if not series:
             continue
-        image = line_chart(series, title=CHART_METRICS[key], xlabel="epoch", ylabel=key)
+        image = line_chart(series, title=CHART_METRICS[key], xlabel=xlabel, ylabel=key)
         path = folder / f"{key}.png"
         image.save(path)
         out[key] = path
