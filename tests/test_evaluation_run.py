@@ -119,6 +119,10 @@ def test_a_run_without_checkpoints_and_unknown_names_are_refused_before_loading(
         evaluate_run(ws, "demo", demo_settings(ws, checkpoints=["epoch 9"]))
     with pytest.raises(EvaluationError, match="prompt_sets: unknown: nonsense"):
         evaluate_run(ws, "demo", demo_settings(ws, prompt_sets=["nonsense"]))
+    with pytest.raises(EvaluationError, match="LoRA .*nowhere.safetensors \\(for epoch 2\\) not found"):
+        evaluate_run(ws, "demo", demo_settings(ws), lora=tmp_path / "nowhere.safetensors")
+    with pytest.raises(EvaluationError, match="demo.safetensors is not a LoRA file"):
+        evaluate_run(ws, "demo", demo_settings(ws), lora=ws.run("demo").checkpoints / "demo.safetensors")
 
 
 def small(ws, **changes):
