@@ -1,4 +1,4 @@
-"""Image-text encoders (CLIP, SigLIP) shared by dataset advice and evaluation: fetch, load, embed.
+"""Image encoders (CLIP, SigLIP, DINOv2) shared by dataset advice and evaluation: fetch, load, embed.
 
 ``load_encoder(name_or_path, models_dir, device)`` returns an :class:`ImageEncoder` whose ``embed_images`` and
 ``embed_texts`` give L2-normalised float32 numpy rows, batched, on the GPU in fp16 when there is one. A name is a
@@ -11,11 +11,12 @@ LyCORIS evaluation report with, so evaluation numbers compare with published one
 any GPU (0.9 GB in fp16). SigLIP so400m (``siglip-so400m``) classifies zero-shot better (ImageNet 83 % vs 76 %)
 and is offered beside it.
 
-Other kinds (DINOv2, face models: image-only) join through ``_FAMILIES``: a family says how to turn pixels and
-text into features; everything else (download, device, batching, normalising) is shared.
+Other kinds join through ``_FAMILIES``: a family says how to turn pixels and text into features; everything else
+(download, device, batching, normalising) is shared. DINOv2 (``dinov2-base``, image only: the evaluation's image
+similarity) is one; face models are ONNX and live in ``helpers.models.faces``.
 
-``build_tiny_clip`` writes a random-weight CLIP with the real interface (tokenizer from files, image processor
-config) for the demo and the tests.
+``build_tiny_clip`` / ``build_tiny_dino`` write random-weight models with the real interfaces (tokenizer from
+files, image processor config) for the demo and the tests.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ ENCODERS = {
     "clip-vit-large-patch14": "openai/clip-vit-large-patch14",
     "clip-vit-base-patch32": "openai/clip-vit-base-patch32",
     "siglip-so400m": "google/siglip-so400m-patch14-384",
+    "dinov2-base": "facebook/dinov2-base",
 }
+DEFAULT_DINO = "dinov2-base"
 DEFAULT_ENCODER = "clip-vit-large-patch14"
 # what a download takes: configs, tokenizer and processor files, safetensors weights (no pickles, no TF/Flax)
 HUB_ALLOW = ["*.json", "*.txt", "*.model", "*.safetensors"]
@@ -68,6 +71,8 @@ _FAMILIES = {
                     lambda m, tok: _pooled(m.get_text_features(**tok)), "longest"),
     "siglip": _Family(lambda m, px: _pooled(m.get_image_features(pixel_values=px)),
                       lambda m, tok: _pooled(m.get_text_features(input_ids=tok["input_ids"])), "max_length"),
+    # DINOv2 (Oquab et al. 2023): image only; the layer-normed CLS token, as its image-similarity uses do
+    "dinov2": _Family(lambda m, px: m(pixel_values=px).pooler_output, None, ""),
 }
 
 
@@ -118,8 +123,14 @@ class ImageEncoder:
         return int(self.model.config.text_config.max_position_embeddings)
 
     @property
+    def has_text(self) -> bool:
+        return self.family.text_features is not None
+
+    @property
     def dim(self) -> int:
         config = self.model.config
+        if not self.has_text:
+            return int(config.hidden_size)
         return int(getattr(config, "projection_dim", None) or config.text_config.hidden_size)
 
 
@@ -144,6 +155,15 @@ def is_image_text_encoder(folder: Path) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return kind in _FAMILIES
+
+
+def has_text_side(folder: Path) -> bool:
+    """An encoder folder that can embed text too (CLIP, SigLIP; not DINOv2): what zero-shot classifying needs."""
+    try:
+        kind = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return kind in _FAMILIES and _FAMILIES[kind].text_features is not None
 
 
 def fetch_encoder(name_or_path: str, models_dir: str | os.PathLike, *, revision: str | None = None,
@@ -210,13 +230,13 @@ def load_encoder(name_or_path: str = DEFAULT_ENCODER, models_dir: str | os.PathL
         model = AutoModel.from_pretrained(str(folder), dtype=dtype).to(dev).eval()
         # the PIL processor: the same pixels on every machine, with or without torchvision
         processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder)) if _FAMILIES[kind].text_features else None
     except (OSError, ValueError) as exc:
         raise EncoderError(f"{folder}: cannot load the encoder ({exc}); the download may be incomplete: delete "
                            "the folder and run again") from None
     return ImageEncoder(name=name_or_path, kind=kind, model=model, processor=processor, tokenizer=tokenizer,
                         device=dev, dtype=dtype, fingerprint=weights_fingerprint(folder),
-                        logit_scale=float(model.logit_scale.detach().exp()))
+                        logit_scale=float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- tiny model
@@ -242,4 +262,22 @@ def build_tiny_clip(folder: str | os.PathLike, seed: int = 0, image_size: int = 
                  "image_std": [0.26862954, 0.26130258, 0.27577711]}
     write_text_atomic(folder / "preprocessor_config.json", json.dumps(processor, indent=1))
     write_tokenizer_files(folder, EOS)
+    return folder
+
+
+def build_tiny_dino(folder: str | os.PathLike, seed: int = 0, image_size: int = 32) -> Path:
+    """A random-weight DINOv2 (2 layers, width 32) with its processor config, in the transformers layout: the
+    stand-in for ``facebook/dinov2-base`` in the demo and the tests."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                     image_size=image_size, patch_size=8))
+    model.save_pretrained(str(folder), safe_serialization=True)
+    processor = {"image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": image_size},
+                 "resample": 3, "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
+                 "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+                 "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}  # ImageNet's, as DINOv2's
+    write_text_atomic(folder / "preprocessor_config.json", json.dumps(processor, indent=1))
     return folder
