@@ -37,7 +37,9 @@ ENCODERS = {
     "clip-vit-large-patch14": "openai/clip-vit-large-patch14",
     "clip-vit-base-patch32": "openai/clip-vit-base-patch32",
     "siglip-so400m": "google/siglip-so400m-patch14-384",
+    "dinov2-base": "facebook/dinov2-base",
 }
+DEFAULT_DINO = "dinov2-base"
 DEFAULT_ENCODER = "clip-vit-large-patch14"
 # what a download takes: configs, tokenizer and processor files, safetensors weights (no pickles, no TF/Flax)
 HUB_ALLOW = ["*.json", "*.txt", "*.model", "*.safetensors"]
@@ -68,6 +70,8 @@ _FAMILIES = {
                     lambda m, tok: _pooled(m.get_text_features(**tok)), "longest"),
     "siglip": _Family(lambda m, px: _pooled(m.get_image_features(pixel_values=px)),
                       lambda m, tok: _pooled(m.get_text_features(input_ids=tok["input_ids"])), "max_length"),
+    # DINOv2 (Oquab et al. 2023): image only; the layer-normed CLS token, as its image-similarity uses do
+    "dinov2": _Family(lambda m, px: m(pixel_values=px).pooler_output, None, ""),
 }
 
 
@@ -118,8 +122,14 @@ class ImageEncoder:
         return int(self.model.config.text_config.max_position_embeddings)
 
     @property
+    def has_text(self) -> bool:
+        return self.family.text_features is not None
+
+    @property
     def dim(self) -> int:
         config = self.model.config
+        if not self.has_text:
+            return int(config.hidden_size)
         return int(getattr(config, "projection_dim", None) or config.text_config.hidden_size)
 
 
@@ -210,13 +220,13 @@ def load_encoder(name_or_path: str = DEFAULT_ENCODER, models_dir: str | os.PathL
         model = AutoModel.from_pretrained(str(folder), dtype=dtype).to(dev).eval()
         # the PIL processor: the same pixels on every machine, with or without torchvision
         processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder)) if _FAMILIES[kind].text_features else None
     except (OSError, ValueError) as exc:
         raise EncoderError(f"{folder}: cannot load the encoder ({exc}); the download may be incomplete: delete "
                            "the folder and run again") from None
     return ImageEncoder(name=name_or_path, kind=kind, model=model, processor=processor, tokenizer=tokenizer,
                         device=dev, dtype=dtype, fingerprint=weights_fingerprint(folder),
-                        logit_scale=float(model.logit_scale.detach().exp()))
+                        logit_scale=float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- tiny model
@@ -242,4 +252,22 @@ def build_tiny_clip(folder: str | os.PathLike, seed: int = 0, image_size: int = 
                  "image_std": [0.26862954, 0.26130258, 0.27577711]}
     write_text_atomic(folder / "preprocessor_config.json", json.dumps(processor, indent=1))
     write_tokenizer_files(folder, EOS)
+    return folder
+
+
+def build_tiny_dino(folder: str | os.PathLike, seed: int = 0, image_size: int = 32) -> Path:
+    """A random-weight DINOv2 (2 layers, width 32) with its processor config, in the transformers layout: the
+    stand-in for ``facebook/dinov2-base`` in the demo and the tests."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                     image_size=image_size, patch_size=8))
+    model.save_pretrained(str(folder), safe_serialization=True)
+    processor = {"image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": image_size},
+                 "resample": 3, "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
+                 "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+                 "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}  # ImageNet's, as DINOv2's
+    write_text_atomic(folder / "preprocessor_config.json", json.dumps(processor, indent=1))
     return folder
