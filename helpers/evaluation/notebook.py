@@ -21,8 +21,8 @@ from helpers.evaluation import EvalSettings, EvaluationError, evaluate_run, uplo
 from helpers.ui.errors import stage_failed
 from helpers.workspace import Workspace
 
-CPU_SETTINGS = {"caption_prompts": 4, "new_prompt_count": 2, "preservation_prompts": 2, "images_per_prompt": 2,
-                "steps": 8}  # a quick pass: a CPU draws tiny images only
+CPU_SETTINGS = {"caption_prompts": 3, "new_prompt_count": 2, "preservation_prompts": 2, "images_per_prompt": 2,
+                "steps": 6}  # a quick pass: without a GPU only tiny models are worth drawing
 
 
 @dataclass
