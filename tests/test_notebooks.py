@@ -284,8 +284,9 @@ def _check_06(ws, before):
     assert metrics["run"] == before["run"] and metrics["variants"] and metrics["recommendation"]["sentence"]
     assert any(n.startswith("charts/") and n.endswith(".png") for n in new), "06 drew no chart"
     report = (folder / "report.html").read_text(encoding="utf-8")
-    linked = re.findall(r"""<img[^>]*\ssrc=["'](?!data:)([^"']*)""", report)
-    assert "data:image/png;base64," in report and not linked, f"the report links files: {linked[:3]}"
+    linked = re.findall(r"""<img[^>]*\ssrc=["'](?!data:)([^"']*)""", report)  # opens offline: beside it
+    missing = [src for src in linked if not (folder / src).is_file()]
+    assert "data:image/png;base64," in report and not missing, f"the report shows missing images: {missing[:3]}"
     assert f"# {before['run']}" in (folder / "README.md").read_text(encoding="utf-8")
 
 
