@@ -4,7 +4,8 @@ The rule (documented in docs/evaluation.md; every threshold is an ``EvalSettings
 
 1. candidates are the checkpoints at strengths above 0 (strength 0 is the base model);
 2. a candidate passes when it has at most ``max_flagged`` memorised images, fidelity (DINOv2 nearest-neighbour
-   similarity, else CLIP's) within ``fidelity_tolerance`` of the best candidate's, text alignment on new prompts
+   similarity, else CLIP's) within ``fidelity_tolerance`` of the best candidate's (the best among those that do
+   not memorise: copying training images is the cheapest fidelity), text alignment on new prompts
    (else on any prompt set) at least the base model's plus ``alignment_margin``, and base preservation at least
    ``min_preservation``;
 3. of those that pass, the one with the best text alignment on new prompts wins (ties: the earlier epoch, then
@@ -77,7 +78,9 @@ def recommend(variants: list, scored: dict[str, dict], settings: EvalSettings):
     if not candidates:
         return None
     fkey, akey = fidelity_key(scored), alignment_key(scored)
-    fids = [x for v in candidates if (x := _num(scored[v.key], fkey or "")) is not None]
+    # the bar is set by candidates that do not memorise (copying training images is the easiest "fidelity")
+    clean = [v for v in candidates if (_num(scored[v.key], "memorised") or 0) <= settings.max_flagged] or candidates
+    fids = [x for v in clean if (x := _num(scored[v.key], fkey or "")) is not None]
     best_fid = max(fids) if fids else None
     base = scored.get("base", {})
     tests = {v.key: _tests(scored[v.key], base, best_fid, fkey, akey, settings) for v in candidates}

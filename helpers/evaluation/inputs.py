@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from helpers.evaluation.settings import EvalSettings, EvaluationError
 from helpers.workspace import RunPaths, Workspace

@@ -90,7 +90,7 @@ def write_report(evaluation, inputs, variants: list, sets: dict, settings) -> Pa
     parts.append(f"<p class='rec'><b>Recommended:</b> {html.escape(rec.sentence)}</p>" if rec else
                  "<p class='rec'>No checkpoint to recommend (only the base model was evaluated).</p>")
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in evaluation.notes]
-    parts += ["<h2>Metrics</h2>", metric_table(variants, scored)]
+    parts += ["<h2>Metrics</h2><div style='overflow-x:auto'>", metric_table(variants, scored), "</div>"]
     parts.append("<h2>Charts</h2><div class='charts'>" + "".join(
         f"<img alt='{html.escape(k)}' src='{data_uri(p)}'>" for k, p in evaluation.charts.items()) + "</div>")
     parts.append("<h2>Grids</h2>")

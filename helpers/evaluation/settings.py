@@ -32,7 +32,8 @@ class EvalSettings:
     preservation_prompts: int = option(4, min=0, help="unrelated prompts (no trigger) compared with and without "
                                        "the LoRA / fine-tune (0 = skip base preservation)")
     triggers: list[str] = option([], help="trigger words (empty = those of the dataset's trigger check)")
-    images_per_prompt: int = option(4, min=1, help="images per prompt (seeds seed, seed+1, ...): diversity needs 2+")
+    images_per_prompt: int = option(2, min=1, help="images per prompt (seeds seed, seed+1, ...): diversity needs 2+; "
+                                    "each doubles the time (bench/evaluation.py)")
     seed: int = option(1234, min=0, help="first seed; the same seeds for every checkpoint and strength")
     steps: int = option(25, min=1, help="sampling steps")
     cfg: float = option(7.0, min=0.0, help="CFG scale")

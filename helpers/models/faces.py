@@ -68,7 +68,8 @@ def fetch_face_models(folder: str | os.PathLike | None, models_dir: str | os.Pat
             hf_hub_download(repo, name, local_dir=base, endpoint=endpoint)
     except Exception as exc:  # offline, gated or moved: the caller goes on without face likeness
         raise FaceModelError(f"could not download the face models ({DETECTOR[0]}, {EMBEDDER[0]}) into {base} "
-                             f"({type(exc).__name__}: {str(exc)[:160]}); copy the two .onnx files there yourself")
+                             f"({type(exc).__name__}: {str(exc)[:160]}); copy the two .onnx files there yourself"
+                             ) from None
     return base / DETECTOR[1], base / EMBEDDER[1]
 
 
