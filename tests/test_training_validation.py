@@ -71,6 +71,9 @@ def test_held_out_images_are_not_trained_on(tiny_sd15_dir, dataset, tmp_path):
     train(cfg, run, show_progress=False)
     data_event = next(r for r in read_log(run / "log.jsonl") if r.get("event") == "data")
     assert data_event["report"]["images"] == 4 and data_event["report"]["held_out"] == held
+    from helpers.training.dryrun import _dataset_images
+
+    assert _dataset_images(cfg, None, []) == 4  # the dry run's steps count only what trains
     events = validation_events(run)
     # 4 images, batch 2: 2 steps per epoch, 4 steps: validation at steps 0, 2 and 4
     assert [e["step"] for e in events] == [0, 2, 4]
@@ -183,6 +186,13 @@ def test_problems_name_the_field(tiny_sd15_dir, tmp_path):
                 if k.startswith("validation")]
     assert not [k for k in validate(config(tiny_sd15_dir, small, validation={"folder": str(tmp_path)}))
                 if k.startswith("validation")]
+    # the dry run counts what will train, and says the same
+    from helpers.training.dryrun import _dataset_images
+
+    errors = []
+    assert _dataset_images(config(tiny_sd15_dir, small, validation={"enabled": False}), None, errors) == 4
+    assert _dataset_images(config(tiny_sd15_dir, small, validation={"holdout_count": 1}), None, errors) == 0
+    assert errors and errors[0].startswith("validation.holdout_count: holding out 1 of 4 images")
     # the trainer refuses it too, before loading any model (the base model here does not exist)
     with pytest.raises(ConfigError, match="validation.holdout_count"):
         train(config(tmp_path / "no-model", small, validation={"holdout_count": 1}), tmp_path / "runs" / "x",
