@@ -168,6 +168,7 @@ def test_monitor_charts_both_series_and_history_continues_on_resume(tiny_sd15_di
     training, validation = drawn[-1].values()
     assert [s for s, _ in training] == [1, 2, 3, 4] and [s for s, _ in validation] == [0, 1, 2, 3, 4]
     assert "validation loss" in list(drawn[-1])[1]
+    assert f"validation loss {events[-1]['loss']:.4f} (step 4)" in monitor.line.value
 
 
 def test_problems_name_the_field(tiny_sd15_dir, tmp_path):
@@ -197,3 +198,6 @@ def test_problems_name_the_field(tiny_sd15_dir, tmp_path):
     with pytest.raises(ConfigError, match="validation.holdout_count"):
         train(config(tmp_path / "no-model", small, validation={"holdout_count": 1}), tmp_path / "runs" / "x",
               show_progress=False)
+    with pytest.raises(ConfigError, match="validation.folder: .*no such folder"):
+        train(config(tmp_path / "no-model", small, validation={"folder": str(tmp_path / "nope")}),
+              tmp_path / "runs" / "y", show_progress=False)

@@ -39,7 +39,7 @@ from helpers.training.optim import build_optimizer, effective_learning_rates
 from helpers.training.progress import RunMonitor, peak_memory_gb
 from helpers.training.schedules import LearningRateSchedule, RunPlan, StageConfig, stage_learning_rates
 from helpers.training.trackers import open_trackers
-from helpers.training.validation import build_validation_set, held_out_images
+from helpers.training.validation import build_validation_set, held_out_images, validation_folder
 from helpers.workspace import RunPaths
 
 
@@ -90,6 +90,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     root = resolve_dataset(cfg.data.dataset, models_dir)  # a held-out slice too small stops here, before loading
     held_out = held_out_images(root, cfg.validation, caption_ext=cfg.data.caption_extension,
                                default_repeats=cfg.data.repeats) if root.is_dir() else []
+    val_folder = validation_folder(cfg.validation, lambda name: resolve_dataset(name, models_dir))
     # samples drawn during training (main process only); a bad prompt line stops the run here, not hours in
     samples = TrainingSamples(cfg.sampling, run.samples, resolution=cfg.data.resolution, run_name=run.name,
                               enabled=accelerator.is_main_process, zero_terminal_snr=cfg.objective.zero_terminal_snr,
@@ -118,8 +119,8 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     encode = lambda px, seed: encode_pixels(bundle.vae, px, [seed])  # noqa: E731
     stage_data = build_stage_data(cfg, root, accelerator, monitor, exclude=held_out, encode=encode,
                                   cache_folder=latent_cache_folder(cache_dir, bundle.vae))
-    validation = build_validation_set(cfg, root, held_out, encode=encode, folder=resolve_dataset(
-        cfg.validation.folder, models_dir) if cfg.validation.folder else None) if accelerator.is_main_process else None
+    validation = build_validation_set(cfg, root, held_out, encode=encode, folder=val_folder) \
+        if accelerator.is_main_process else None
     plan = plan_run(cfg, stage_data, list(trained.modules))
     total_steps = min(plan.total_steps, cfg.max_steps or sys.maxsize)
     # 4. Optimizer, LR schedule (per stage and model), EMA; accelerate adds DDP, autocast and loss scaling

@@ -92,6 +92,19 @@ def held_out_images(root: Path, cfg: ValidationConfig, *, caption_ext: str = ".t
     return sorted(random.Random(cfg.seed).sample(names, holdout_size(len(names), cfg)))
 
 
+def validation_folder(cfg: ValidationConfig, resolve) -> Path | None:
+    """The separate validation folder (``resolve`` turns a workspace dataset name into a path), checked before
+    any model is loaded; None when validation is off or holds part of the dataset out."""
+    if not cfg.enabled or not cfg.folder:
+        return None
+    folder = Path(resolve(cfg.folder))
+    if not folder.is_dir():
+        raise ConfigError({"validation.folder": f"{cfg.folder}: no such folder: give a folder of validation "
+                           "images with captions (or a dataset name), or leave it empty to hold out part of "
+                           "the dataset"})
+    return folder
+
+
 def dataset_image_count(cfg: ValidationConfig, data) -> int | None:
     """Images in the dataset folder of ``data`` (a ``DataConfig``) when validation holds some out of it and the
     folder exists (a dataset given by workspace name is counted when training starts)."""

@@ -73,12 +73,13 @@ class TrainingMonitor:
     def refresh(self) -> runner.JobStatus:
         """Read the run folder once and update every widget; returns the status."""
         with self._refresh_lock:
+            records = self._new_records()  # before the status: the status is at least as new as the log read
+            add_validation_losses(records, self._validation)
             st = runner.job_status(self.run)
             self.bar.max = max(st.total_steps, 1)
             self.bar.value = min(st.step, self.bar.max)
             self.bar.bar_style = {"finished": "success", "failed": "danger", "died": "danger"}.get(st.state, "info")
-            self.line.value = _status_line(st)
-            records = self._new_records()
+            self.line.value = _status_line(st) + _validation_note(self._validation)
             self._refresh_chart(records)
             self.verdict = assess_speed(list(self._recent), self._read_preflight())
             self.watch_line.value = _watch_line(st, self.verdict, self._preflight, time.time())
@@ -96,7 +97,6 @@ class TrainingMonitor:
 
     def _refresh_chart(self, records: list[dict]) -> None:
         add_step_losses(records, self._losses)
-        add_validation_losses(records, self._validation)
         self._recent.extend(r for r in records if "event" not in r)
         last = (max(self._losses, default=-1), len(self._validation))
         if last[0] >= 0 and last != self._chart_step:
@@ -181,6 +181,14 @@ def loss_chart(name: str, losses: dict[int, float], validation: dict[int, float]
         return line_chart({"loss": sorted(losses.items())}, f"{name}: loss per step", "step", "loss")
     return line_chart({"training loss": sorted(losses.items()), "validation loss (held-out images)":
                        sorted(validation.items())}, f"{name}: training and validation loss", "step", "loss")
+
+
+def _validation_note(validation: dict[int, float]) -> str:
+    """`` · validation loss 0.1234 (step N)`` when the run computes one, else nothing."""
+    if not validation:
+        return ""
+    step = max(validation)
+    return f" · validation loss {validation[step]:.4f} (step {step})"
 
 
 def _status_line(st: runner.JobStatus) -> str:
