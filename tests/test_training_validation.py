@@ -80,6 +80,8 @@ def test_held_out_images_are_not_trained_on(tiny_sd15_dir, dataset, tmp_path):
     assert all(e["images"] == 2 and len(e["by_timestep"]) == 4 for e in events)
     assert events[-1]["loss"] != events[0]["loss"]  # it moves when the model does
     assert events[0]["timesteps"] == [125, 375, 625, 875]  # spread over the schedule
+    written = b"".join(p.read_bytes() for p in (run / "tensorboard").glob("events.out.tfevents.*"))
+    assert written.count(b"validation/loss") == 3  # TensorBoard too (W&B gets the same metrics dict)
 
 
 def test_same_weights_give_the_same_number(tiny_sd15_dir, dataset, tmp_path):

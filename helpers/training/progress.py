@@ -18,7 +18,8 @@ A resumed run appends; the last line for a step wins.
 ``status.json`` (rewritten atomically, at most once a second and at every event) is the one file a monitor
 needs: ``{"state": "starting"|"caching"|"training"|"finished"|"failed", "step", "total_steps", "epoch",
 "epochs", "loss", "lr", "images_per_s", "eta_s", "peak_memory_gb", "last_checkpoint", "last_state",
-"last_state_at", "last_state_step", "error", "warnings", "pid", "updated"}`` (``state`` also "stopped"). Step records also go to the run's trackers (TensorBoard, W&B).
+"last_state_at", "last_state_step", "error", "warnings", "pid", "updated"}`` (``state`` also "stopped";
+``validation_loss`` when the run computes one). Step records also go to the run's trackers (TensorBoard, W&B).
 """
 
 from __future__ import annotations
