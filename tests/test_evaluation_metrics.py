@@ -167,3 +167,69 @@ def test_face_likeness_is_skipped_with_a_note_when_training_images_have_no_faces
     missing = []
     assert open_faces(ws, EvalSettings(face_models=str(tmp_path / "nowhere")), {"paths": [skin]}, missing) is None
     assert "face likeness skipped" in missing[0] and "detector.onnx" in missing[0]
+
+
+def test_face_likeness_is_scored_per_variant_from_the_generated_faces(tmp_path):
+    pytest.importorskip("onnx")
+    from helpers.evaluation.face_metric import FaceScorer
+    from helpers.evaluation.run import score
+    from helpers.generation.grid import Cell
+    from helpers.generation.parameters import GenerationParameters
+    from helpers.generation.pipeline import GeneratedImage, ImageSettings
+    from helpers.generation.prompts import PromptSpec
+    from helpers.models.faces import build_tiny_face_models, load_face_models
+
+    models = load_face_models(build_tiny_face_models(tmp_path / "faces"), tmp_path, "cpu")
+    skin = Image.new("RGB", (64, 64), (230, 170, 140))
+    blue = Image.new("RGB", (64, 64), (20, 40, 200))
+    cells = [Cell(0, 0, column, ImageSettings(prompt="p"), "m", (), [GeneratedImage(img, GenerationParameters("p"))])
+             for column, img in enumerate([blue, skin])]
+    train = {"faces": np.stack(models.embed_faces(skin))}
+    notes: list[str] = []
+    scored, flagged = score(None, EvalSettings(images_per_prompt=1), variants()[:2], {"new": [(PromptSpec("p"), None)]},
+                            {"new": cells}, {}, train, FaceScorer(models), notes)
+    assert scored["epoch 2 @ 0.5"]["face_likeness"] == pytest.approx(1.0)  # the same face as the training one
+    assert "face_likeness" not in scored["base"] and notes == ["face likeness: no face found in the images of base"]
+    assert flagged == []
+
+
+def test_face_models_are_downloaded_from_the_hub_into_the_workspace_once(tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    import http.server
+    import threading
+
+    import huggingface_hub.constants as hf_constants
+
+    from helpers.models.faces import DETECTOR, EMBEDDER, FaceModelError, build_tiny_face_models, load_face_models
+    from tests.test_dataset_advice import FakeHub
+
+    tiny = build_tiny_face_models(tmp_path / "tiny")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        models = tmp_path / "models"
+        with pytest.raises(FaceModelError, match="could not download the face models"):
+            load_face_models(None, models, "cpu", endpoint=url)
+        FakeHub.repos[DETECTOR[0]] = {DETECTOR[1]: (tiny / "detector.onnx").read_bytes()}
+        FakeHub.repos[EMBEDDER[0]] = {EMBEDDER[1]: (tiny / "embedder.onnx").read_bytes()}
+        load_face_models(None, models, "cpu", endpoint=url)
+        assert (models / "face-models" / DETECTOR[1]).read_bytes() == (tiny / "detector.onnx").read_bytes()
+        FakeHub.repos.clear()  # the second load finds the files and never asks the Hub
+        assert load_face_models(None, models, "cpu", endpoint=url).face_size == 112
+    finally:
+        server.shutdown()
+        server.server_close()
+        FakeHub.repos.clear()
+
+
+def test_the_cards_prompt_format_follows_the_captions():
+    from helpers.evaluation.card import prompt_format
+
+    tags = ["zkps, red circle, blue background", "zkps, green square, white background"]
+    assert prompt_format(tags, ["zkps"]) == "Start with `zkps`, then comma-separated tags describing the picture."
+    assert prompt_format(["a photo of a zkps cat on a sofa"], ["zkps"]) == \
+        "Write a sentence describing the picture and include `zkps`."
+    assert prompt_format([], []) == "Describe the picture; no trigger word is needed."

@@ -102,12 +102,14 @@ def card_text(ws: Workspace, run_name: str, evaluation: dict, target: str, sampl
             meta.append(f"instance_prompt: {json.dumps(', '.join(triggers))}")
         lines += [*meta, "---", ""]
     lines += [f"# {run_name}", ""]
-    lines += [f"Fine-tuned from **{base_id}** with tunebook; the LoRA was extracted from the chosen checkpoint.", ""]
+    lines += [f"Fine-tuned from **{base_id}** with tunebook" + ("; the LoRA was extracted from the recommended "
+                                                              "checkpoint." if rec.get("lora") else "."), ""]
     lines += ["## Trigger words", "", (", ".join(f"`{t}`" for t in triggers) if triggers else
                                         "none: the model was trained without a trigger word"), ""]
     lines += ["## How to prompt", ""]
+    lines += [prompt_format(captions, triggers), ""]
     if captions:
-        lines += ["The training captions look like this; prompts in the same form work best:", "",
+        lines += ["Training captions looked like this; prompts in the same form work best:", "",
                   *[f"    {c}" for c in captions[:3]], ""]
     lines += ["## Recommended", ""]
     if rec:
@@ -130,6 +132,21 @@ def card_text(ws: Workspace, run_name: str, evaluation: dict, target: str, sampl
         rel = path.relative_to(folder).as_posix()
         lines += [f"![sample]({rel})", "", "```", params.strip(), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def prompt_format(captions: list[str], triggers: list[str]) -> str:
+    """One line on how to write prompts: where the trigger went in the captions, tags or sentences."""
+    if not captions:
+        return "Describe the picture; " + (f"put `{triggers[0]}` first." if triggers else "no trigger word is needed.")
+    first = [c.split(",")[0].strip().lower() for c in captions]
+    leading = [t for t in triggers if sum(f == t.lower() for f in first) * 2 >= len(captions)]
+    tags = sum(c.count(",") >= 2 and len(c.split(",")[0].split()) <= 4 for c in captions) * 2 >= len(captions)
+    style = "comma-separated tags" if tags else "a sentence"
+    if leading:
+        return f"Start with `{leading[0]}`, then {style} describing the picture."
+    if triggers:
+        return f"Write {style} describing the picture and include {', '.join(f'`{t}`' for t in triggers)}."
+    return f"Write {style} describing the picture."
 
 
 def _metric_names(evaluation: dict) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from helpers.evaluation.outcome import Recommendation
 from helpers.evaluation.settings import EvalSettings
 
 CHART_METRICS = {
@@ -56,6 +57,7 @@ def _tests(m: dict, base: dict, best_fid: float | None, fkey, akey, s: EvalSetti
     if fid is not None and best_fid:
         gap = (best_fid - fid) / abs(best_fid)
         out["fidelity"] = (gap <= s.fidelity_tolerance, "the best fidelity" if gap <= 1e-9 else
+                           "fidelity level with the best" if gap < 0.0005 else
                            f"fidelity within {gap * 100:.1f} % of the best" if gap <= s.fidelity_tolerance else
                            f"fidelity {gap * 100:.1f} % below the best")
     a, b = (_num(m, akey), _num(base, akey)) if akey else (None, None)
@@ -72,8 +74,6 @@ def _tests(m: dict, base: dict, best_fid: float | None, fkey, akey, s: EvalSetti
 
 def recommend(variants: list, scored: dict[str, dict], settings: EvalSettings):
     """The :class:`Recommendation` (or None when no checkpoint was evaluated at a strength above 0)."""
-    from helpers.evaluation.run import Recommendation
-
     candidates = [v for v in variants if v.checkpoint != "base model"]
     if not candidates:
         return None
@@ -118,7 +118,9 @@ def write_charts(folder: Path, checkpoints: list, variants: list, scored: dict[s
 
     folder.mkdir(parents=True, exist_ok=True)
     order = {c.label: i for i, c in enumerate(checkpoints)}
-    xs = {c.label: (c.epoch if c.epoch is not None else i + 1) for i, c in enumerate(checkpoints)}
+    by_epoch = all(c.epoch is not None for c in checkpoints)
+    xs = {c.label: (c.epoch if by_epoch else c.step if c.step is not None else i + 1) for i, c in enumerate(checkpoints)}
+    xlabel = "epoch" if by_epoch else "step" if all(c.step is not None for c in checkpoints) else "checkpoint"
     out = {}
     metrics = [k for k in CHART_METRICS if any(k in m for m in scored.values())]
     for key in metrics:
@@ -133,7 +135,7 @@ def write_charts(folder: Path, checkpoints: list, variants: list, scored: dict[s
             series["base model"] = [(min(span), base), (max(span), base)]
         if not series:
             continue
-        image = line_chart(series, title=CHART_METRICS[key], xlabel="epoch", ylabel=key)
+        image = line_chart(series, title=CHART_METRICS[key], xlabel=xlabel, ylabel=key)
         path = folder / f"{key}.png"
         image.save(path)
         out[key] = path

@@ -85,7 +85,8 @@ def _is_lora(path: Path) -> bool:
 
 def find_loras(ws: Workspace, run: RunPaths, checkpoints: list[Checkpoint], lora=None) -> None:
     """The LoRA of each checkpoint: given (a file for the final checkpoint, or {checkpoint label or file name:
-    file}), else ``exports/<run>-e<epoch>*.safetensors`` (what extraction and the generation demo name them)."""
+    file}), else ``exports/<run>-e<epoch>*.safetensors`` / ``-s<step>*`` (what extraction and the generation demo
+    name them)."""
     given: dict[str, Path] = {}
     if isinstance(lora, dict):
         given = {str(k): Path(v) for k, v in lora.items()}
@@ -99,8 +100,9 @@ def find_loras(ws: Workspace, run: RunPaths, checkpoints: list[Checkpoint], lora
             raise EvaluationError(f"{path} is not a LoRA file (no lora_* keys): give a LoRA extracted from the run")
     for ck in checkpoints:
         chosen = given.get(ck.label) or given.get(ck.path.name) or given.get(ck.path.stem)
-        if chosen is None and ck.epoch is not None and ws.exports.is_dir():
-            found = sorted(p for p in ws.exports.glob(f"{run.name}-e{ck.epoch:04d}*.safetensors") if _is_lora(p))
+        if chosen is None and ws.exports.is_dir():
+            tag = f"e{ck.epoch:04d}" if ck.epoch is not None else f"s{ck.step:08d}" if ck.step is not None else None
+            found = sorted(p for p in ws.exports.glob(f"{run.name}-{tag}*.safetensors") if _is_lora(p)) if tag else []
             chosen = found[0] if found else None
         ck.lora = chosen
 

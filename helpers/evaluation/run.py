@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,58 +23,12 @@ import numpy as np
 from helpers.changes import write_text_atomic
 from helpers.evaluation import metrics as M
 from helpers.evaluation.inputs import Checkpoint, RunInputs, read_inputs
+from helpers.evaluation.outcome import Evaluation, Recommendation, Variant
 from helpers.evaluation.settings import EvalSettings, EvaluationError
 from helpers.workspace import Workspace
 
 EVAL_DIR = "evaluation"
 ENCODER_NAMES = {"clip": "clip-vit-large-patch14", "siglip": "siglip-so400m"}
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One column of the grids: the base model, or a checkpoint (as itself or as its LoRA at a strength)."""
-
-    checkpoint: str  # label ("base model" for the base)
-    strength: float
-    model: str
-    lora: str | None = None
-    epoch: int | None = None
-
-    @property
-    def key(self) -> str:
-        return "base" if self.checkpoint == "base model" else f"{self.checkpoint} @ {self.strength:g}"
-
-
-@dataclass
-class Recommendation:
-    checkpoint: str
-    strength: float
-    sentence: str
-    model: str = ""
-    lora: str | None = None
-    passed: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Evaluation:
-    """What ``evaluate_run`` made: ``metrics[(checkpoint label, strength)] = {metric: value}``."""
-
-    run: str
-    folder: Path
-    report_path: Path
-    metrics_path: Path
-    metrics: dict[tuple[str, float], dict[str, float]]
-    recommendation: Recommendation | None
-    flagged: list[dict]
-    notes: list[str]
-    charts: dict[str, Path] = field(default_factory=dict)
-    grids: dict[str, list[Path]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def table(self) -> list[dict]:
-        """One row per checkpoint and strength (for a DataFrame or a printout)."""
-        return [{"checkpoint": c, "strength": s, **m} for (c, s), m in self.metrics.items()]
 
 
 def plan_variants(inputs: RunInputs, settings: EvalSettings) -> tuple[list[Variant], list[str]]:
@@ -184,9 +138,11 @@ def _embed_cells(encoder, by_set: dict[str, list]) -> dict[str, np.ndarray]:
 
 
 def score(inputs: RunInputs, settings: EvalSettings, variants: list[Variant], sets: dict[str, list],
-          by_set: dict[str, list], encoders: dict, train: dict[str, np.ndarray], faces=None
-          ) -> tuple[dict[str, dict[str, float]], list[dict]]:
-    """{variant key: {metric: value}} and the flagged (memorised) pairs."""
+          by_set: dict[str, list], encoders: dict, train: dict[str, np.ndarray], faces=None,
+          notes: list[str] | None = None) -> tuple[dict[str, dict[str, float]], list[dict]]:
+    """{variant key: {metric: value}} and the flagged (memorised) pairs; what could not be scored goes to
+    ``notes``."""
+    notes = notes if notes is not None else []
     k = settings.images_per_prompt
     image_rows = {kind: _embed_cells(enc, by_set) for kind, enc in encoders.items() if enc is not None}
     text_rows = {}
@@ -198,6 +154,7 @@ def score(inputs: RunInputs, settings: EvalSettings, variants: list[Variant], se
     flagged: list[dict] = []
     nv = len(variants)
     content = [s for s in sets if s != "preservation"]
+    faceless: list[str] = []
     for vi, v in enumerate(variants):
         m: dict[str, float] = {}
 
@@ -242,7 +199,11 @@ def score(inputs: RunInputs, settings: EvalSettings, variants: list[Variant], se
             gen_faces = [f for n in content for c in by_set[n] if c.column == vi for f in face_rows[n].get(id(c), [])]
             if gen_faces and len(train.get("faces", [])):
                 m["face_likeness"] = M.face_likeness(np.stack(gen_faces), train["faces"])
+            else:
+                faceless.append(v.key)
         scored[v.key] = m
+    if faceless:
+        notes.append(f"face likeness: no face found in the images of {', '.join(faceless)}")
     return scored, flagged
 
 
@@ -305,7 +266,7 @@ def evaluate_run(workspace, run_name: str, settings: EvalSettings | None = None,
         from helpers.evaluation.face_metric import open_faces
 
         faces = open_faces(ws, settings, train, notes)
-    scored, flagged = score(inputs, settings, variants, sets, by_set, encoders, train, faces)
+    scored, flagged = score(inputs, settings, variants, sets, by_set, encoders, train, faces, notes)
     table = {(v.checkpoint, v.strength): scored[v.key] for v in variants}
     for ck in inputs.checkpoints:  # strength 0 of every checkpoint is the base model
         if 0.0 in [float(s) for s in settings.strengths]:

@@ -20,8 +20,8 @@ class EvalSettings:
     """Notebook 06 / ``python -m helpers.evaluation``: which images to make and how to score and choose them."""
 
     format_version: ClassVar[int] = 1
-    checkpoints: list[str] | None = option(None, help="the run's checkpoints to evaluate (file names, 'epoch 3', "
-                                           "'final'); empty = all of them")
+    checkpoints: list[str] = option([], help="the run's checkpoints to evaluate (file names, 'epoch 3', 'final'); "
+                                    "empty (or None) = all of them")
     strengths: list[float] = option([0.0, 0.5, 1.0], help="LoRA strengths (0 = the base model)")
     prompt_sets: list[str] = option(list(PROMPT_SETS), help="training captions, new prompts with the trigger, "
                                     "the trigger alone")

@@ -1,4 +1,4 @@
-"""Image-text encoders (CLIP, SigLIP) shared by dataset advice and evaluation: fetch, load, embed.
+"""Image encoders (CLIP, SigLIP, DINOv2) shared by dataset advice and evaluation: fetch, load, embed.
 
 ``load_encoder(name_or_path, models_dir, device)`` returns an :class:`ImageEncoder` whose ``embed_images`` and
 ``embed_texts`` give L2-normalised float32 numpy rows, batched, on the GPU in fp16 when there is one. A name is a
@@ -11,11 +11,12 @@ LyCORIS evaluation report with, so evaluation numbers compare with published one
 any GPU (0.9 GB in fp16). SigLIP so400m (``siglip-so400m``) classifies zero-shot better (ImageNet 83 % vs 76 %)
 and is offered beside it.
 
-Other kinds (DINOv2, face models: image-only) join through ``_FAMILIES``: a family says how to turn pixels and
-text into features; everything else (download, device, batching, normalising) is shared.
+Other kinds join through ``_FAMILIES``: a family says how to turn pixels and text into features; everything else
+(download, device, batching, normalising) is shared. DINOv2 (``dinov2-base``, image only: the evaluation's image
+similarity) is one; face models are ONNX and live in ``helpers.models.faces``.
 
-``build_tiny_clip`` writes a random-weight CLIP with the real interface (tokenizer from files, image processor
-config) for the demo and the tests.
+``build_tiny_clip`` / ``build_tiny_dino`` write random-weight models with the real interfaces (tokenizer from
+files, image processor config) for the demo and the tests.
 """
 
 from __future__ import annotations
