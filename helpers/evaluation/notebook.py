@@ -21,8 +21,8 @@ from helpers.evaluation import EvalSettings, EvaluationError, evaluate_run, uplo
 from helpers.ui.errors import stage_failed
 from helpers.workspace import Workspace
 
-CPU_SETTINGS = {"caption_prompts": 3, "new_prompt_count": 2, "preservation_prompts": 2, "images_per_prompt": 2,
-                "steps": 6}  # a quick pass: without a GPU only tiny models are worth drawing
+CPU_SETTINGS = {"caption_prompts": 2, "new_prompt_count": 2, "preservation_prompts": 1, "images_per_prompt": 2,
+                "steps": 4}  # a quick pass: without a GPU only tiny models are worth drawing
 
 
 @dataclass
