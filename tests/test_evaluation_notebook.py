@@ -92,3 +92,14 @@ def test_upload_uses_the_saved_token_and_never_shows_it(ws, evaluated, monkeypat
     assert done is not None and repo.private and "README.md" in repo.files and "demo.safetensors" in repo.files
     output = capsys.readouterr()
     assert TOKEN not in output.out + output.err and "me/nb-model" in output.out
+
+
+def test_charts_and_memorised_pairs_are_shown_as_pictures(ws, evaluated, capsys):
+    notebook.show_evaluation(evaluated)  # outside a kernel display() prints; it must not raise
+    generated = sorted((evaluated.folder / "grids").rglob("*.png"))[0]
+    training = sorted((ws.datasets / "demo").glob("*.png"))[0]
+    flagged = [{"variant": "epoch 2 @ 1", "prompt": "a <b>circle</b>", "generated": str(generated),
+                "training": str(training), "similarity": 0.991, "encoder": "dino"}] * 8
+    shown = notebook.flagged_html(flagged, most=2)
+    assert shown.count("src='data:image/png;base64,") == 4 and "… and 6 more" in shown
+    assert "a &lt;b&gt;circle&lt;/b&gt;" in shown and "0.991" in shown

@@ -148,22 +148,52 @@ def metrics_table_html(evaluation) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _data_uri(path, side: int | None = None) -> str:
+    """A picture as a ``data:`` URI (a thumbnail no larger than ``side``), so the notebook keeps it offline."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if side:
+            im.thumbnail((side, side))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def flagged_html(flagged: list[dict], most: int = 6) -> str:
+    """The first memorised images, each beside the training image it is closest to."""
+    rows = []
+    for item in flagged[:most]:
+        pair = "".join(f"<img alt='{alt}' src='{_data_uri(item[key], 160)}' style='margin-right:6px'>"
+                       for key, alt in (("generated", "generated"), ("training", "training image"))
+                       if Path(str(item.get(key, ""))).is_file())
+        text = html.escape(f"{item.get('variant', '')} · {item.get('prompt', '')} · similarity "
+                           f"{float(item.get('similarity', 0)):.3f} ({item.get('encoder', '')})")
+        rows.append(f"<div style='margin:6px 0'>{pair}<br><small>{text}</small></div>")
+    more = f"<p>… and {len(flagged) - most} more in the report</p>" if len(flagged) > most else ""
+    return "".join(rows) + more
+
+
 def show_evaluation(evaluation) -> None:
-    """The metrics table, the charts over checkpoints and strengths, and any image flagged as memorised."""
-    from IPython.display import HTML, Image, display
+    """The metrics table, the charts over checkpoints and strengths (two abreast), and the images flagged as
+    memorised, each beside its nearest training image."""
+    from IPython.display import HTML, display
 
     if evaluation is None:
         print("No evaluation to show yet.")
         return
     display(HTML(metrics_table_html(evaluation)))
-    for name, path in evaluation.charts.items():
-        if Path(path).is_file():
-            print(name)
-            display(Image(filename=str(path)))
+    charts = [(name, path) for name, path in evaluation.charts.items() if Path(path).is_file()]
+    display(HTML("<div style='display:flex;flex-wrap:wrap;gap:8px'>" + "".join(
+        f"<img alt='{html.escape(name)}' src='{_data_uri(path)}' style='width:48%;min-width:320px'>"
+        for name, path in charts) + "</div>"))
     if evaluation.flagged:
-        print(f"{len(evaluation.flagged)} generated image(s) look memorised (side by side in the report):")
-        for item in evaluation.flagged[:8]:
-            print("  " + ", ".join(f"{k}: {v}" for k, v in item.items() if not isinstance(v, (list, dict))))
+        print(f"{len(evaluation.flagged)} generated image(s) look memorised (all of them side by side in the report):")
+        display(HTML(flagged_html(evaluation.flagged)))
     else:
         print("no generated image is flagged as memorised")
 
