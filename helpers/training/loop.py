@@ -365,9 +365,10 @@ def maybe_validate(validation, step: int, *, total_steps, monitor, settings, acc
         with accelerator.autocast():
             return denoising_loss(batch, batch["latents"].to(device), noise, timesteps, **settings)
 
+    started = time.monotonic()
     with ema.swapped_into() if ema is not None else _nothing():
         result = validation.loss(loss, [settings["unet"], *settings["text_encoders"]], device)
-    monitor.validation(step, **result)
+    monitor.validation(step, **result, seconds=round(time.monotonic() - started, 3))
 
 
 def build_stage_data(cfg, root: Path, accelerator, monitor, *, cache_folder, encode, exclude=()) -> list:

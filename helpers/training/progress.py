@@ -11,8 +11,8 @@ file names come from ``helpers.workspace.RunPaths``.
   when EMA is on);
 - event lines: ``{"event": "start"|"resume"|"data"|"stage"|"checkpoint"|"state"|"state_skipped"|"warning"|
   "learning_rate_changed"|"validation"|"stopped"|"finished"|"failed", ...}`` (``state`` with ``seconds`` and
-  ``bytes``; ``validation`` with ``step``, ``loss``, ``images``, ``timesteps``, ``by_timestep``: the held-out loss
-  of ``training.validation``).
+  ``bytes``; ``validation`` with ``step``, ``loss``, ``images``, ``timesteps``, ``by_timestep``, ``seconds``: the
+  held-out loss of ``training.validation``).
 A resumed run appends; the last line for a step wins.
 
 ``status.json`` (rewritten atomically, at most once a second and at every event) is the one file a monitor
