@@ -9,6 +9,9 @@ validation seed, the image and the timestep), and the loop's own loss (``loop.de
 weighting, Huber and mask as training) is averaged over them in eval mode without gradients. So the number moves
 only when the model does (as OneTrainer's validation concepts do: fixed seed, deterministic timesteps).
 Every random generator is restored afterwards, so a run with validation trains bit for bit like one without.
+Cost: a round is held-out images × ``timesteps`` forward passes without a backward pass (about a third of a
+training step's work per image), e.g. 10 images × 4 timesteps every 100 steps at batch 4 ≈ 3 % of the run
+(tiny demo on a CPU: 0.29 s a round for 2 images × 4 timesteps beside 0.19 s a training step at batch 2).
 
 The result is a ``validation`` line in ``log.jsonl`` (``progress.RunMonitor.validation``), ``validation/loss``
 in TensorBoard / W&B, and a second curve beside the training loss in the notebook monitor. A resumed run
