@@ -54,7 +54,7 @@ def validation_events(run):
     return [r for r in read_log(run / "log.jsonl") if r.get("event") == "validation"]
 
 
-def test_held_out_images_are_not_trained_on(tiny_sd15_dir, dataset, tmp_path):
+def test_held_out_images_are_not_trained_on(tiny_sd15_dir, dataset, tmp_path, capsys):
     from helpers.training.data import build_training_data
     from helpers.training.loop import train
     from helpers.training.validation import held_out_images
@@ -71,9 +71,14 @@ def test_held_out_images_are_not_trained_on(tiny_sd15_dir, dataset, tmp_path):
     train(cfg, run, show_progress=False)
     data_event = next(r for r in read_log(run / "log.jsonl") if r.get("event") == "data")
     assert data_event["report"]["images"] == 4 and data_event["report"]["held_out"] == held
+    from helpers.training.__main__ import check_data
     from helpers.training.dryrun import _dataset_images
+    from helpers.training.preflight import estimate_config
 
-    assert _dataset_images(cfg, None, []) == 4  # the dry run's steps count only what trains
+    # the dry run, the estimate and `--check` count only what trains
+    assert _dataset_images(cfg, None, []) == 4
+    assert estimate_config(cfg, None, gpu_name="NVIDIA A100-SXM4-80GB", vram_gb=80.0).total_images == 4 * 2
+    assert check_data(cfg, None) == 0 and "2 held out for the validation loss" in capsys.readouterr().out
     events = validation_events(run)
     # 4 images, batch 2: 2 steps per epoch, 4 steps: validation at steps 0, 2 and 4
     assert [e["step"] for e in events] == [0, 2, 4]

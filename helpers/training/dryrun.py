@@ -84,14 +84,13 @@ def _dataset_images(cfg, ws, errors: list[str]) -> int:
     from helpers.config import ConfigError
     from helpers.training.data import DataError, scan_dataset
     from helpers.training.loop import resolve_dataset
-    from helpers.training.validation import held_out_images
+    from helpers.training.validation import held_out_of
 
     if not cfg.data.dataset:
         return 0
     root = resolve_dataset(cfg.data.dataset, ws.models if ws else None)
     try:
-        held_out = held_out_images(root, cfg.validation, caption_ext=cfg.data.caption_extension,
-                                   default_repeats=cfg.data.repeats) if root.is_dir() else []
+        held_out = held_out_of(cfg, root)
         items, report = scan_dataset(root, caption_extension=cfg.data.caption_extension,
                                      default_repeats=cfg.data.repeats, exclude=frozenset(held_out))
     except DataError as exc:

@@ -39,7 +39,7 @@ from helpers.training.optim import build_optimizer, effective_learning_rates
 from helpers.training.progress import RunMonitor, peak_memory_gb
 from helpers.training.schedules import LearningRateSchedule, RunPlan, StageConfig, stage_learning_rates
 from helpers.training.trackers import open_trackers
-from helpers.training.validation import build_validation_set, held_out_images, validation_folder
+from helpers.training.validation import build_validation_set, held_out_of, validation_folder
 from helpers.workspace import RunPaths
 
 
@@ -88,8 +88,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                             "--resume latest, or train into a new run folder (nothing was overwritten)")
     torch.manual_seed(cfg.seed)
     root = resolve_dataset(cfg.data.dataset, models_dir)  # a held-out slice too small stops here, before loading
-    held_out = held_out_images(root, cfg.validation, caption_ext=cfg.data.caption_extension,
-                               default_repeats=cfg.data.repeats) if root.is_dir() else []
+    held_out = held_out_of(cfg, root)
     val_folder = validation_folder(cfg.validation, lambda name: resolve_dataset(name, models_dir))
     # samples drawn during training (main process only); a bad prompt line stops the run here, not hours in
     samples = TrainingSamples(cfg.sampling, run.samples, resolution=cfg.data.resolution, run_name=run.name,

@@ -117,6 +117,14 @@ def dataset_image_count(cfg: ValidationConfig, data) -> int | None:
     return len(dataset_entries(root, caption_ext=data.caption_extension, default_repeats=data.repeats)[0])
 
 
+def held_out_of(cfg, root: Path) -> list[str]:
+    """``held_out_images`` for a ``TrainConfig`` and its resolved dataset folder (none for a missing folder: the
+    dataset scan says what is wrong with it)."""
+    d = cfg.data
+    return held_out_images(root, cfg.validation, caption_ext=d.caption_extension,
+                           default_repeats=d.repeats) if Path(root).is_dir() else []
+
+
 def fixed_timesteps(count: int, low: int, high: int) -> list[int]:
     """``count`` timesteps spread evenly over [low, high): the middle of each of ``count`` equal parts."""
     return [low + int((k + 0.5) * (high - low) / count) for k in range(count)]
