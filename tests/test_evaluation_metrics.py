@@ -104,6 +104,11 @@ def test_tiny_dino_embeds_images_into_unit_rows(tmp_path):
     assert rows.shape == (3, enc.dim) == (3, 32) and np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
     with pytest.raises(EncoderError, match="image-only"):
         enc.embed_texts(["a cat"])
+    from helpers.dataset.advice import local_encoders
+    from helpers.models.encoders import build_tiny_clip
+
+    build_tiny_clip(tmp_path / "tiny-clip")
+    assert local_encoders(tmp_path) == ["tiny-clip"]  # zero-shot composition never picks the image-only DINOv2
 
 
 def test_yunet_decoding_and_landmark_alignment():

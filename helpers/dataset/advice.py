@@ -32,7 +32,7 @@ from helpers.dataset.upscale import (
     preview_upscale,
     upscale_images,
 )
-from helpers.models.encoders import DEFAULT_ENCODER, EncoderError, is_encoder_folder, load_encoder
+from helpers.models.encoders import DEFAULT_ENCODER, EncoderError, has_text_side, is_encoder_folder, load_encoder
 from helpers.models.upscalers import DEFAULT_UPSCALER, UpscalerError, load_upscaler
 from helpers.ui.errors import stage_failed
 from helpers.workspace import Workspace
@@ -42,7 +42,7 @@ ADVICE_ERRORS = (EncoderError, UpscalerError)  # a model that cannot be fetched 
 
 # ---------------------------------------------------------------------------------------------- defaults
 def local_encoders(models_dir: Path) -> list[str]:
-    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and is_encoder_folder(p)) \
+    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and is_encoder_folder(p) and has_text_side(p)) \
         if models_dir.is_dir() else []
 
 

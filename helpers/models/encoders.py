@@ -157,6 +157,15 @@ def is_image_text_encoder(folder: Path) -> bool:
     return kind in _FAMILIES
 
 
+def has_text_side(folder: Path) -> bool:
+    """An encoder folder that can embed text too (CLIP, SigLIP; not DINOv2): what zero-shot classifying needs."""
+    try:
+        kind = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return kind in _FAMILIES and _FAMILIES[kind].text_features is not None
+
+
 def fetch_encoder(name_or_path: str, models_dir: str | os.PathLike, *, revision: str | None = None,
                   endpoint: str | None = None) -> Path:
     """The local folder of an encoder: a folder as is (a path, or a folder name in ``models_dir``), else the Hub
