@@ -115,7 +115,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     #    data set per stage resolution, and the plan of where each stage starts
     #    (minus the images held out for the validation loss, which is computed on the main process)
     monitor.update(force=True, state="caching" if cfg.data.cache_latents != "off" else "loading")
-    encode = lambda px, seed: encode_pixels(bundle.vae, px, [seed])  # noqa: E731
+    encode = functools.partial(encode_one, bundle.vae)
     stage_data = build_stage_data(cfg, root, accelerator, monitor, exclude=held_out, encode=encode,
                                   cache_folder=latent_cache_folder(cache_dir, bundle.vae))
     validation = build_validation_set(cfg, root, held_out, encode=encode, folder=val_folder) \
@@ -352,6 +352,10 @@ def noise_schedule(alphas_cumprod: torch.Tensor, zero_terminal_snr: bool, predic
         print(f"warning: {message}", file=sys.stderr)
         monitor.event("warning", message=message)
     return obj.rescale_zero_terminal_snr(alphas_cumprod)
+
+
+def encode_one(vae, pixels: torch.Tensor, seed: int) -> torch.Tensor:
+    return encode_pixels(vae, pixels, [seed])
 
 
 def maybe_validate(validation, step: int, *, total_steps, monitor, settings, accelerator, ema) -> None:
