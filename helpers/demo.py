@@ -14,6 +14,7 @@ from pathlib import Path
 from helpers.captioning import demo as captioning_demo
 from helpers.dataset import demo as dataset_demo
 from helpers.download import demo as download_demo
+from helpers.evaluation import demo as evaluation_demo
 from helpers.generation import demo as generation_demo
 from helpers.lora import demo as lora_demo
 from helpers.models import demo as models_demo
@@ -32,6 +33,7 @@ STAGES: list[tuple[str, Callable]] = [
     ("training", training_demo.run_demo),
     ("lora", lora_demo.run_demo),
     ("generation", generation_demo.run_demo),
+    ("evaluation", evaluation_demo.run_demo),  # ends with the path of the demo run's report
 ]
 
 

@@ -150,3 +150,14 @@ def test_stage_tables_are_edited_one_inline_table_per_line():
     with pytest.raises(ConfigError):
         _ = form.value
     assert "resolutoin" in row.message.value  # shown next to the stages field
+
+
+def test_lists_of_numbers_are_typed_one_per_line():
+    from helpers.evaluation import EvalSettings
+
+    form = config_form(EvalSettings(strengths=[0.0, 0.5, 1.0]))
+    assert form.value.strengths == [0.0, 0.5, 1.0] and form.rows["strengths"].input.value == "0.0\n0.5\n1.0"
+    form.rows["strengths"].input.value = "0\n0.8\nstrong"
+    with pytest.raises(ConfigError) as err:
+        _ = form.value
+    assert set(err.value.problems) == {"strengths[2]"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -265,6 +266,30 @@ def _check_05(ws, before):
         assert meta.get("ss_network_dim"), f"{name} lacks the kohya metadata"
 
 
+def _prepare_06(ws):
+    from helpers.evaluation.notebook import suggest_choice
+
+    run = suggest_choice(ws).run  # what the form preselects: the newest run with checkpoints (04's, in order)
+    assert run, "no run with checkpoints for 06 to evaluate"
+    return {"run": run, "evaluation": snapshot(ws.run(run).root / "evaluation")}
+
+
+def _check_06(ws, before):
+    """That run evaluated afresh: report, metrics (with a recommendation), charts and both model cards."""
+    folder = ws.run(before["run"]).root / "evaluation"
+    new = changed(before["evaluation"], snapshot(folder))
+    for name in ("report.html", "metrics.json", "README.md", "civitai.md"):
+        assert name in new, f"06 did not write {name} (wrote {sorted(new)[:20]})"
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["run"] == before["run"] and metrics["variants"] and metrics["recommendation"]["sentence"]
+    assert any(n.startswith("charts/") and n.endswith(".png") for n in new), "06 drew no chart"
+    report = (folder / "report.html").read_text(encoding="utf-8")
+    linked = re.findall(r"""<img[^>]*\ssrc=["'](?!data:)([^"']*)""", report)  # opens offline: beside it
+    missing = [src for src in linked if not (folder / src).is_file()]
+    assert "data:image/png;base64," in report and not missing, f"the report shows missing images: {missing[:3]}"
+    assert f"# {before['run']}" in (folder / "README.md").read_text(encoding="utf-8")
+
+
 def _check_00(ws, before):
     """The default forms change nothing (the cleanup has nothing ticked); setup starts the cost ledger."""
     _untouched("datasets", "models", "runs", "exports").check(ws, before)
@@ -280,7 +305,7 @@ OUTPUTS: dict[str, Outputs] = {
     "03_caption_images": Outputs(lambda ws, b: (_check_03(ws, b), _check_triggers(ws, b))),
     "04_train": Outputs(_check_04, _prepare_04),
     "05_extract_resize_lora": Outputs(_check_05, _prepare_05),
-    # "06_evaluate": Outputs(<its evaluation report on disk>) -- added with notebook 06
+    "06_evaluate": Outputs(_check_06, _prepare_06),
 }
 
 

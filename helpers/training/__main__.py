@@ -62,20 +62,23 @@ def dry_run(config_path: Path, ws, args) -> int:
 
 
 def check_data(cfg, ws) -> int:
+    from helpers.config import ConfigError
     from helpers.dataset.caption_files import CaptionError
     from helpers.training.captions import build_caption_pipeline
     from helpers.training.data import DataError, scan_dataset
     from helpers.training.implications import ImplicationError
     from helpers.training.loop import resolve_dataset
+    from helpers.training.validation import held_out_of
 
     try:
         models_dir = ws.models if ws else None
-        items, report = scan_dataset(resolve_dataset(cfg.data.dataset, models_dir),
-                                     caption_extension=cfg.data.caption_extension,
+        root = resolve_dataset(cfg.data.dataset, models_dir)
+        held_out = held_out_of(cfg, root)
+        items, report = scan_dataset(root, caption_extension=cfg.data.caption_extension, exclude=frozenset(held_out),
                                      default_repeats=cfg.data.repeats, on_bad_data=cfg.data.on_bad_data)
         # the caption records (when mixing) and the implications file are read as training will read them
         build_caption_pipeline(cfg.captions, [i.path for i in items], [i.caption for i in items])
-    except (DataError, CaptionError, ImplicationError) as exc:
+    except (DataError, CaptionError, ImplicationError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.summary())

@@ -329,4 +329,4 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 
 # keys that change what a resumed run computes are everything else; these only change files and speed
 RESUME_SAFE_KEYS = ("saving.", "data.num_workers", "data.persistent_workers", "model.allow_pickle", "max_steps",
-                    "epochs")
+                    "epochs", "validation.every_n_steps", "validation.timesteps")

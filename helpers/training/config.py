@@ -22,6 +22,7 @@ from helpers.training.ema import EmaConfig
 from helpers.training.optim import OptimizerConfig
 from helpers.training.schedules import StageConfig, stage_problems
 from helpers.training.trackers import LoggingConfig
+from helpers.training.validation import ValidationConfig, dataset_image_count
 
 MOVED_TO_CAPTIONS = ("shuffle_caption", "keep_tokens", "caption_separator", "tag_dropout", "caption_dropout")
 
@@ -131,6 +132,7 @@ class TrainConfig:
     saving: SaveConfig = option(factory=SaveConfig, help="checkpoints and training state")
     ema: EmaConfig = option(factory=EmaConfig, help="exponential moving average of the weights")
     logging: LoggingConfig = option(factory=LoggingConfig, help="TensorBoard and Weights & Biases")
+    validation: ValidationConfig = option(factory=ValidationConfig, help="validation loss on held-out images")
     sampling: SamplingConfig = option(factory=SamplingConfig, help="sample images during training (kohya prompt "
                                       "syntax)")
     stages: list[StageConfig] = option(factory=list, help="multi-stage run: [[stages]] tables with epochs and "
@@ -182,7 +184,8 @@ class TrainConfig:
             problems["precision.full_half_precision"] = "needs mixed_precision fp16 or bf16"
         for section, found in (("optimizer", o.problems()), ("captions", self.captions.problems()),
                                ("objective", self.objective.problems(self.model.prediction)),
-                               ("sampling", self.sampling.problems())):
+                               ("sampling", self.sampling.problems()),
+                               ("validation", self.validation.problems(dataset_image_count(self.validation, d)))):
             problems.update({f"{section}.{key}": message for key, message in found.items()})
         trained = {"unet"} | ({f"te{i}" for i, lr in ((1, o.learning_rate_te1), (2, o.learning_rate_te2))
                                if lr != 0} if o.train_text_encoder else set())

@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -108,6 +108,7 @@ class DatasetReport:
     multiline_captions: list[str] = field(default_factory=list)
     ignored_folders: list[str] = field(default_factory=list)
     buckets: dict[str, int] = field(default_factory=dict)
+    held_out: list[str] = field(default_factory=list)  # left out for validation (``training.validation``)
 
     def summary(self) -> str:
         lines = [f"{self.images} images, {self.samples_per_epoch} samples per epoch (with repeats), "
@@ -125,6 +126,9 @@ class DatasetReport:
                          "trained): " + ", ".join(self.multiline_captions[:5]))
         if self.ignored_folders:
             lines.append("ignored folders: " + ", ".join(self.ignored_folders))
+        if self.held_out:
+            lines.append(f"{len(self.held_out)} held out for the validation loss (not trained on): "
+                         + ", ".join(self.held_out[:5]) + (" ..." if len(self.held_out) > 5 else ""))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -132,13 +136,15 @@ class DatasetReport:
 
 
 def scan_dataset(root: str | Path, *, caption_extension: str = ".txt", default_repeats: int = 1,
-                 on_bad_data: str = "skip") -> tuple[list[ImageItem], DatasetReport]:
+                 on_bad_data: str = "skip", exclude: Collection[str] = (),
+                 only: Collection[str] | None = None) -> tuple[list[ImageItem], DatasetReport]:
     """Find images and captions under ``root`` (the layout rules of ``helpers.dataset.files``, which the dataset
     check uses too), reading each image's size.
 
     Images in no ``N_name`` folder repeat ``default_repeats`` times; an ``N_name`` folder repeats N times and its
     ``name`` is the caption of images without a caption file. Corrupt images and non-UTF-8 captions are skipped
-    with a reason, or raise ``DataError`` when ``on_bad_data == "stop"``.
+    with a reason, or raise ``DataError`` when ``on_bad_data == "stop"``. ``exclude`` (held out for validation)
+    and ``only`` (the validation set itself) are image paths relative to ``root``, POSIX style.
     """
     root = Path(root)
     if not root.is_dir():
@@ -146,6 +152,11 @@ def scan_dataset(root: str | Path, *, caption_extension: str = ".txt", default_r
     report = DatasetReport()
     entries, report.ignored_folders = dataset_entries(root, caption_ext=caption_extension,
                                                       default_repeats=default_repeats)
+    if exclude or only is not None:
+        keep = [e for e in entries if e.path.relative_to(root).as_posix() not in exclude
+                and (only is None or e.path.relative_to(root).as_posix() in only)]
+        report.held_out = sorted(set(exclude) & {e.path.relative_to(root).as_posix() for e in entries})
+        entries = keep
     items: list[ImageItem] = []
     for entry in entries:
         rel = str(entry.path.relative_to(root))
@@ -480,11 +491,14 @@ def find_masks(items: list[ImageItem], root: Path, source: str, folder: str) -> 
 def build_training_data(cfg: DataConfig, root: Path, *, batch_size: int, seed: int, world_size: int = 1,
                         rank: int = 0, cache_folder: Path | None = None,
                         encode: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-                        show_progress: bool = True, captions: CaptionConfig | None = None) -> TrainingData:
+                        show_progress: bool = True, captions: CaptionConfig | None = None,
+                        exclude: Collection[str] = (), only: Collection[str] | None = None) -> TrainingData:
     """Scan ``root``, assign buckets, set up the per-step captions (``captions``, default: as written), and
-    (when ``cfg.cache_latents`` is on) encode latents with ``encode``."""
+    (when ``cfg.cache_latents`` is on) encode latents with ``encode``. ``exclude``: images held out for
+    validation (relative paths), never trained on; ``only``: just these images (the validation set)."""
     items, report = scan_dataset(root, caption_extension=cfg.caption_extension, default_repeats=cfg.repeats,
-                                 on_bad_data=cfg.on_bad_data)
+                                 on_bad_data=cfg.on_bad_data, exclude=frozenset(exclude),
+                                 only=None if only is None else frozenset(only))
     placement = assign_buckets(items, resolution=cfg.resolution, enable_buckets=cfg.enable_buckets,
                                min_side=cfg.min_bucket_side, max_side=cfg.max_bucket_side, step=cfg.bucket_step,
                                no_upscale=cfg.no_upscale)

@@ -81,16 +81,23 @@ def disk_needs(cfg, est: preflight.Estimate, steps: int, images_per_epoch: int) 
 
 
 def _dataset_images(cfg, ws, errors: list[str]) -> int:
+    from helpers.config import ConfigError
     from helpers.training.data import DataError, scan_dataset
     from helpers.training.loop import resolve_dataset
+    from helpers.training.validation import held_out_of
 
     if not cfg.data.dataset:
         return 0
+    root = resolve_dataset(cfg.data.dataset, ws.models if ws else None)
     try:
-        items, report = scan_dataset(resolve_dataset(cfg.data.dataset, ws.models if ws else None),
-                                     caption_extension=cfg.data.caption_extension, default_repeats=cfg.data.repeats)
+        held_out = held_out_of(cfg, root)
+        items, report = scan_dataset(root, caption_extension=cfg.data.caption_extension,
+                                     default_repeats=cfg.data.repeats, exclude=frozenset(held_out))
     except DataError as exc:
         errors.append(f"data.dataset: {exc}")
+        return 0
+    except ConfigError as exc:  # a held-out slice that leaves too few images to train on
+        errors.extend(f"{key}: {message}" for key, message in exc.problems.items())
         return 0
     if not items:
         errors.append(f"data.dataset: no trainable images in {cfg.data.dataset}")

@@ -8,6 +8,7 @@ Everything else sits behind named calls: data (``training.data``), the loss (``t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -38,6 +39,7 @@ from helpers.training.optim import build_optimizer, effective_learning_rates
 from helpers.training.progress import RunMonitor, peak_memory_gb
 from helpers.training.schedules import LearningRateSchedule, RunPlan, StageConfig, stage_learning_rates
 from helpers.training.trackers import open_trackers
+from helpers.training.validation import build_validation_set, held_out_of, validation_folder
 from helpers.workspace import RunPaths
 
 
@@ -85,6 +87,9 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
         raise TrainingError(f"{run_root} already holds training state from an earlier start: continue it with "
                             "--resume latest, or train into a new run folder (nothing was overwritten)")
     torch.manual_seed(cfg.seed)
+    root = resolve_dataset(cfg.data.dataset, models_dir)  # a held-out slice too small stops here, before loading
+    held_out = held_out_of(cfg, root)
+    val_folder = validation_folder(cfg.validation, lambda name: resolve_dataset(name, models_dir))
     # samples drawn during training (main process only); a bad prompt line stops the run here, not hours in
     samples = TrainingSamples(cfg.sampling, run.samples, resolution=cfg.data.resolution, run_name=run.name,
                               enabled=accelerator.is_main_process, zero_terminal_snr=cfg.objective.zero_terminal_snr,
@@ -108,10 +113,13 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                    attention=p.attention)
     # 3. Scan the dataset (bad files reported before any GPU time is spent), fill the latent cache; one
     #    data set per stage resolution, and the plan of where each stage starts
+    #    (minus the images held out for the validation loss, which is computed on the main process)
     monitor.update(force=True, state="caching" if cfg.data.cache_latents != "off" else "loading")
-    stage_data = build_stage_data(cfg, resolve_dataset(cfg.data.dataset, models_dir), accelerator, monitor,
-                                  cache_folder=latent_cache_folder(cache_dir, bundle.vae),
-                                  encode=lambda px, seed: encode_pixels(bundle.vae, px, [seed]))
+    encode = functools.partial(encode_one, bundle.vae)
+    stage_data = build_stage_data(cfg, root, accelerator, monitor, exclude=held_out, encode=encode,
+                                  cache_folder=latent_cache_folder(cache_dir, bundle.vae))
+    validation = build_validation_set(cfg, root, held_out, encode=encode, folder=val_folder) \
+        if accelerator.is_main_process else None
     plan = plan_run(cfg, stage_data, list(trained.modules))
     total_steps = min(plan.total_steps, cfg.max_steps or sys.maxsize)
     # 4. Optimizer, LR schedule (per stage and model), EMA; accelerate adds DDP, autocast and loss scaling
@@ -141,6 +149,10 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                     unet_dtype=bundle.unet.dtype, alphas_cumprod=alphas_cumprod, objective=cfg.objective,
                     prediction=bundle.prediction, train_text=len(names) > 1)
     samples.maybe_sample(bundle, position.step, position.epoch)  # step 0: the base model, for comparison
+    validate = functools.partial(maybe_validate, validation, total_steps=total_steps, monitor=monitor, settings={
+        **settings, "unet": bundle.unet, "text_encoders": bundle.text_encoders, "train_text": False},
+        accelerator=accelerator, ema=ema)  # the unwrapped models: rank 0 alone computes it
+    validate(position.step)
     # 6. Optimizer steps, epoch by epoch, from where the run stands (a stop signal now waits for a step's end)
     interrupt.begin_steps()
     while position.step < total_steps:
@@ -176,6 +188,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
             samples.maybe_sample(bundle, position.step, position.epoch, final=position.step >= total_steps,
                                  epoch_end=position.batch_in_epoch >= len(batches),
                                  weights=ema.swapped_into if ema is not None else None)
+            validate(position.step)  # the held-out images' loss when due (same weights as the samples)
             if (signal_name := interrupt.stop_requested(accelerator)) is not None:
                 return stop_cleanly(run_root, cfg, trained, optimizer, scheduler, accelerator, monitor, position,
                                     batches, ema, signal_name)
@@ -257,8 +270,19 @@ def compute_loss(batch, *, family, unet, vae, tokenizers, text_encoders, unet_dt
                              adaptive_noise_scale=o.adaptive_noise_scale,
                              multires_iterations=o.multires_noise_iterations,
                              multires_discount=o.multires_noise_discount)
-    noisy = obj.add_noise(latents, obj.perturb_noise(noise, generator, o.ip_noise_gamma,
-                                                     o.ip_noise_gamma_random_strength), timesteps, alphas_cumprod)
+    return denoising_loss(batch, latents, noise, timesteps, family=family, unet=unet, vae=vae, tokenizers=tokenizers,
+                          text_encoders=text_encoders, unet_dtype=unet_dtype, alphas_cumprod=alphas_cumprod,
+                          objective=objective, prediction=prediction, train_text=train_text,
+                          input_noise=obj.perturb_noise(noise, generator, o.ip_noise_gamma,
+                                                        o.ip_noise_gamma_random_strength))
+
+
+def denoising_loss(batch, latents, noise, timesteps, *, family, unet, vae, tokenizers, text_encoders, unet_dtype,
+                   alphas_cumprod, objective, prediction, train_text, input_noise=None) -> torch.Tensor:
+    """The loss of denoising ``latents`` noised with ``noise`` (``input_noise`` in the input, when perturbed) at
+    ``timesteps``: training's loss after its random draws, and the validation loss with fixed ones."""
+    o, device = objective, alphas_cumprod.device
+    noisy = obj.add_noise(latents, noise if input_noise is None else input_noise, timesteps, alphas_cumprod)
     token_ids = family.tokenize_captions(tokenizers, batch["captions"])
     with torch.set_grad_enabled(train_text):
         text = family.encode_tokens(text_encoders, token_ids)
@@ -330,7 +354,27 @@ def noise_schedule(alphas_cumprod: torch.Tensor, zero_terminal_snr: bool, predic
     return obj.rescale_zero_terminal_snr(alphas_cumprod)
 
 
-def build_stage_data(cfg, root: Path, accelerator, monitor, *, cache_folder, encode) -> list:
+def encode_one(vae, pixels: torch.Tensor, seed: int) -> torch.Tensor:
+    return encode_pixels(vae, pixels, [seed])
+
+
+def maybe_validate(validation, step: int, *, total_steps, monitor, settings, accelerator, ema) -> None:
+    """The validation loss (``training.validation``) when due: the loop's ``denoising_loss`` at fixed draws."""
+    if validation is None or not validation.due(step, total_steps):
+        return
+    device = settings["alphas_cumprod"].device
+
+    def loss(batch, noise, timesteps):
+        with accelerator.autocast():
+            return denoising_loss(batch, batch["latents"].to(device), noise, timesteps, **settings)
+
+    started = time.monotonic()
+    with ema.swapped_into() if ema is not None else _nothing():
+        result = validation.loss(loss, [settings["unet"], *settings["text_encoders"]], device)
+    monitor.validation(step, **result, seconds=round(time.monotonic() - started, 3))
+
+
+def build_stage_data(cfg, root: Path, accelerator, monitor, *, cache_folder, encode, exclude=()) -> list:
     """One ``TrainingData`` per stage (stages at the same resolution share one), each scanned and cached now."""
     stages = cfg.stages or [StageConfig(epochs=cfg.epochs)]
     built: dict[int, object] = {}
@@ -340,7 +384,7 @@ def build_stage_data(cfg, root: Path, accelerator, monitor, *, cache_folder, enc
             data = build_training_data(dataclasses.replace(cfg.data, resolution=resolution), root,
                                        batch_size=cfg.batch_size, seed=cfg.seed, world_size=accelerator.num_processes,
                                        rank=accelerator.process_index, cache_folder=cache_folder, encode=encode,
-                                       show_progress=monitor.show_bar, captions=cfg.captions)
+                                       show_progress=monitor.show_bar, captions=cfg.captions, exclude=exclude)
             monitor.event("data", resolution=resolution, report=data.report.to_dict(), summary=data.report.summary())
             built[resolution] = data
     return [built[stage.resolution or cfg.data.resolution] for stage in stages]

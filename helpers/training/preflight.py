@@ -256,12 +256,14 @@ def run_settings(cfg, arch: str) -> dict:
             "ema": cfg.ema.enabled}
 
 
-def count_training_images(dataset_root, default_repeats: int, epochs: int, caption_extension: str = ".txt") -> int:
-    """Images seen over the run: images × folder repeats × epochs (kohya N_name folders counted)."""
+def count_training_images(dataset_root, default_repeats: int, epochs: int, caption_extension: str = ".txt",
+                          exclude=()) -> int:
+    """Images seen over the run: images × folder repeats × epochs (kohya N_name folders counted), without the
+    ones held out for validation (``exclude``)."""
     from helpers.training.data import scan_dataset
 
     items, _report = scan_dataset(dataset_root, caption_extension=caption_extension,
-                                  default_repeats=default_repeats)
+                                  default_repeats=default_repeats, exclude=frozenset(exclude))
     return epochs * sum(item.repeats for item in items)
 
 
@@ -300,8 +302,11 @@ def estimate_config(cfg, ws, gpu_name: str | None = None, vram_gb: float | None 
     o, d, pr = cfg.optimizer, cfg.data, cfg.precision
     te1, te2 = trained_text_encoders(cfg, arch)
     if total_images is None:
-        total_images = count_training_images(resolve_dataset(d.dataset, models_dir), d.repeats, cfg.epochs,
-                                             d.caption_extension)
+        from helpers.training.validation import held_out_of
+
+        root = resolve_dataset(d.dataset, models_dir)
+        held_out = held_out_of(cfg, root)
+        total_images = count_training_images(root, d.repeats, cfg.epochs, d.caption_extension, held_out)
     if cfg.max_steps:
         total_images = min(total_images, cfg.max_steps * cfg.batch_size * o.gradient_accumulation_steps * gpus)
     est = estimate_run(arch=arch, resolution=d.resolution, batch_size=cfg.batch_size,

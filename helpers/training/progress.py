@@ -10,13 +10,16 @@ file names come from ``helpers.workspace.RunPaths``.
   ``images_per_s`` and ``s_per_step`` the GPU's work, ``data_s`` the wait for the loader before it; ``ema_decay``
   when EMA is on);
 - event lines: ``{"event": "start"|"resume"|"data"|"stage"|"checkpoint"|"state"|"state_skipped"|"warning"|
-  "learning_rate_changed"|"stopped"|"finished"|"failed", ...}`` (``state`` with ``seconds`` and ``bytes``).
+  "learning_rate_changed"|"validation"|"stopped"|"finished"|"failed", ...}`` (``state`` with ``seconds`` and
+  ``bytes``; ``validation`` with ``step``, ``loss``, ``images``, ``timesteps``, ``by_timestep``, ``seconds``: the
+  held-out loss of ``training.validation``).
 A resumed run appends; the last line for a step wins.
 
 ``status.json`` (rewritten atomically, at most once a second and at every event) is the one file a monitor
 needs: ``{"state": "starting"|"caching"|"training"|"finished"|"failed", "step", "total_steps", "epoch",
 "epochs", "loss", "lr", "images_per_s", "eta_s", "peak_memory_gb", "last_checkpoint", "last_state",
-"last_state_at", "last_state_step", "error", "warnings", "pid", "updated"}`` (``state`` also "stopped"). Step records also go to the run's trackers (TensorBoard, W&B).
+"last_state_at", "last_state_step", "error", "warnings", "pid", "updated"}`` (``state`` also "stopped";
+``validation_loss`` when the run computes one). Step records also go to the run's trackers (TensorBoard, W&B).
 """
 
 from __future__ import annotations
@@ -95,6 +98,15 @@ class RunMonitor:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=record["epoch"])
         self.update()
 
+    def validation(self, step: int, loss: float, **fields) -> None:
+        """Log a validation loss (``training.validation``): a log event, the status, and the trackers."""
+        if not self.enabled:
+            return
+        for tracker in self.trackers:
+            tracker.log(step, {"validation/loss": float(loss)})
+        self.status["validation_loss"] = loss
+        self.event("validation", step=step, loss=loss, **fields)
+
     def update(self, force: bool = False, **fields) -> None:
         """Merge ``fields`` into the status and rewrite ``status.json`` (throttled unless ``force``)."""
         if not self.enabled:
@@ -150,6 +162,14 @@ def add_step_losses(records: list[dict], losses: dict[int, float]) -> dict[int, 
     """Fold the step lines of ``records`` into ``losses`` (step -> loss; after a resume the last line wins)."""
     for rec in records:
         if "event" not in rec and "step" in rec and rec.get("loss") is not None:
+            losses[int(rec["step"])] = float(rec["loss"])
+    return losses
+
+
+def add_validation_losses(records: list[dict], losses: dict[int, float]) -> dict[int, float]:
+    """Fold the ``validation`` events of ``records`` into ``losses`` (step -> held-out loss; the last wins)."""
+    for rec in records:
+        if rec.get("event") == "validation" and rec.get("loss") is not None:
             losses[int(rec["step"])] = float(rec["loss"])
     return losses
 

@@ -62,6 +62,15 @@ def _inline_table(line: str) -> Any:
         return line
 
 
+def _number(text: str, tp: type) -> Any:
+    """A number typed in a list field (``0.5`` per line); the text as it is when it is none (``from_dict`` names
+    the item and the expected type)."""
+    try:
+        return tp(text) if tp is float else int(text)
+    except ValueError:
+        return text
+
+
 class FieldRow:
     """One field: label, input widget, unit, help and a message area. Converts widget <-> plain data."""
 
@@ -112,7 +121,10 @@ class FieldRow:
         tp = self.tp
         if get_origin(tp) is list:
             lines = [line.strip() for line in value.splitlines() if line.strip()]
-            return [_inline_table(line) for line in lines] if self._of_tables else lines
+            if self._of_tables:
+                return [_inline_table(line) for line in lines]
+            item = (get_args(tp) or (str,))[0]
+            return [_number(line, item) for line in lines] if item in (int, float) else lines
         if isinstance(self.input, (w.Text, w.Textarea, w.Password)) and tp is not str and tp is not Path:
             text = value.strip()
             if not text:

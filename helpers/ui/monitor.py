@@ -20,7 +20,7 @@ from pathlib import Path
 import ipywidgets as w
 
 from helpers import runner
-from helpers.training.progress import add_step_losses, read_log_since
+from helpers.training.progress import add_step_losses, add_validation_losses, read_log_since
 from helpers.training.speedwatch import SpeedVerdict, assess_speed
 from helpers.ui.errors import error_html
 from helpers.workspace import RunPaths
@@ -59,11 +59,12 @@ class TrainingMonitor:
                               self.chart, self.samples])
         self.status: runner.JobStatus | None = None
         self._losses: dict[int, float] = {}
+        self._validation: dict[int, float] = {}  # step -> held-out loss (``training.validation``), when on
         self._recent: collections.deque[dict] = collections.deque(maxlen=60)  # step records for the speed watch
         self._preflight: dict = {}
         self.verdict: SpeedVerdict | None = None
         self._log_offset = 0
-        self._chart_step = -1
+        self._chart_step: tuple[int, int] = (-1, 0)
         self._sample_rounds: dict[int, dict] = {}  # step -> the log's samples event
         self._refresh_lock = threading.Lock()  # the watcher thread and a cell may refresh at once
         self._stop = threading.Event()
@@ -72,12 +73,13 @@ class TrainingMonitor:
     def refresh(self) -> runner.JobStatus:
         """Read the run folder once and update every widget; returns the status."""
         with self._refresh_lock:
+            records = self._new_records()  # before the status: the status is at least as new as the log read
+            add_validation_losses(records, self._validation)
             st = runner.job_status(self.run)
             self.bar.max = max(st.total_steps, 1)
             self.bar.value = min(st.step, self.bar.max)
             self.bar.bar_style = {"finished": "success", "failed": "danger", "died": "danger"}.get(st.state, "info")
-            self.line.value = _status_line(st)
-            records = self._new_records()
+            self.line.value = _status_line(st) + _validation_note(self._validation)
             self._refresh_chart(records)
             self.verdict = assess_speed(list(self._recent), self._read_preflight())
             self.watch_line.value = _watch_line(st, self.verdict, self._preflight, time.time())
@@ -88,7 +90,7 @@ class TrainingMonitor:
     def _new_records(self) -> list[dict]:
         """The log lines written since the last refresh."""
         if self.run.log.exists() and self.run.log.stat().st_size < self._log_offset:  # the run was started afresh
-            self._losses, self._sample_rounds, self._log_offset = {}, {}, 0
+            self._losses, self._validation, self._sample_rounds, self._log_offset = {}, {}, {}, 0
             self._recent.clear()
         records, self._log_offset = read_log_since(self.run.log, self._log_offset)  # only what is new
         return records
@@ -96,13 +98,10 @@ class TrainingMonitor:
     def _refresh_chart(self, records: list[dict]) -> None:
         add_step_losses(records, self._losses)
         self._recent.extend(r for r in records if "event" not in r)
-        last = max(self._losses, default=-1)
-        if last >= 0 and last != self._chart_step:
-            from helpers.ui.charts import line_chart
-
+        last = (max(self._losses, default=-1), len(self._validation))
+        if last[0] >= 0 and last != self._chart_step:
             self._chart_step = last
-            curve = sorted(self._losses.items())
-            self.chart.value = _png(line_chart({"loss": curve}, f"{self.run.name}: loss per step", "step", "loss"))
+            self.chart.value = _png(loss_chart(self.run.name, self._losses, self._validation))
             self.chart.layout.display = ""
 
     def _read_preflight(self) -> dict:
@@ -172,6 +171,24 @@ class TrainingMonitor:
 
         self.refresh()
         display(self.widget)
+
+
+def loss_chart(name: str, losses: dict[int, float], validation: dict[int, float]):
+    """The training loss per step, with the validation loss beside it when the run computes one."""
+    from helpers.ui.charts import line_chart
+
+    if not validation:
+        return line_chart({"loss": sorted(losses.items())}, f"{name}: loss per step", "step", "loss")
+    return line_chart({"training loss": sorted(losses.items()), "validation loss (held-out images)":
+                       sorted(validation.items())}, f"{name}: training and validation loss", "step", "loss")
+
+
+def _validation_note(validation: dict[int, float]) -> str:
+    """`` · validation loss 0.1234 (step N)`` when the run computes one, else nothing."""
+    if not validation:
+        return ""
+    step = max(validation)
+    return f" · validation loss {validation[step]:.4f} (step {step})"
 
 
 def _status_line(st: runner.JobStatus) -> str:
