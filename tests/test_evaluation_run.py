@@ -83,8 +83,9 @@ def test_the_report_opens_offline_with_every_image_present(evaluated):
     page = ev.report_path.read_text()
     sources = re.findall(r"src='([^']+)'", page)
     assert len(sources) >= len(ev.charts) + 4
-    for src in sources:
-        assert src.startswith("data:image/") or (ev.report_path.parent / src).is_file(), src
+    assert all(src.startswith("data:image/") for src in sources), "an image is not inside the page"
+    links = re.findall(r"href='([^']+)'", page)
+    assert links and all((ev.report_path.parent / href).is_file() for href in links), "a full-size grid is missing"
     assert "http://" not in page and "https://" not in page
     assert ev.recommendation.sentence.replace("'", "&#x27;") in page
     variants = [m for (c, s), m in ev.metrics.items() if s > 0 or c == "base model"]  # strength 0 = the base
@@ -161,3 +162,21 @@ def test_command_line(evaluated, capsys):
     assert "no run 'nope'" in capsys.readouterr().err
     assert main(["--workspace", str(ws.root), "card", "demo", "--target", "civitai"]) == 0
     assert capsys.readouterr().out.strip().endswith("civitai.md")
+
+
+def test_images_held_out_for_validation_are_not_a_dataset_change(tmp_path):
+    """A run with the validation loss on trained on fewer images than the folder holds: that is no change."""
+    import time
+
+    from PIL import Image
+
+    from helpers.evaluation.inputs import dataset_changes
+
+    for i in range(5):
+        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(f"image {i}")
+    later = time.time() + 5
+    events = [{"event": "data", "time": later, "report": {"images": 4, "held_out": ["3.png"]}}]
+    assert dataset_changes(tmp_path, events) == []
+    events[0]["report"]["held_out"] = []
+    assert dataset_changes(tmp_path, events) == ["5 images now, 4 when training read it"]

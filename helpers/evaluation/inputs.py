@@ -130,7 +130,9 @@ def dataset_changes(dataset: Path, events: list[dict]) -> list[str]:
     if not data:
         return []
     read_at = float(data[0].get("time", 0))
-    trained = int((data[0].get("report") or {}).get("images", 0))
+    report = data[0].get("report") or {}
+    # images it trained on + those it held out for the validation loss (both are still in the folder)
+    trained = int(report.get("images", 0)) + len(report.get("held_out") or [])
     entries, _ = dataset_entries(dataset)
     problems = []
     usable = [e for e in entries if e.caption is not None]

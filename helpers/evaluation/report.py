@@ -1,5 +1,6 @@
-"""``<run>/evaluation/report.html``: one page that opens offline (charts and flagged pairs inline as data URIs,
-grid pages as files beside it): recommendation, metric table, charts, grids, flagged pairs, training summary."""
+"""``<run>/evaluation/report.html``: one page that opens offline on its own (charts, flagged pairs and JPEG previews
+of the grid pages inline as data URIs; each preview links to the full-size PNG beside the page): recommendation,
+metric table, charts, grids, flagged pairs, training summary."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.best{background:#e6f4ea;font-weight:bold}
 .rec{font-size:1.2em;background:#eef4ff;padding:.8em;border-left:4px solid #4c72b0}.note{color:#8a5a00}
 img{max-width:100%}.pair img{height:200px;margin-right:8px}.charts img{width:48%}"""
+
+GRID_PREVIEW_SIDE = 2048  # px, long side of a grid's preview inside the page
 
 
 def data_uri(image, max_side: int = 0, fmt: str = "PNG") -> str:
@@ -96,8 +99,9 @@ def write_report(evaluation, inputs, variants: list, sets: dict, settings) -> Pa
     parts.append("<h2>Grids</h2>")
     for name, pages in evaluation.grids.items():
         parts.append(f"<h3>{html.escape(name)}</h3>")
+        # a JPEG preview inside the page (it opens alone, e.g. mailed or downloaded), the full PNG beside it
         parts += [f"<a href='{p.relative_to(folder).as_posix()}'><img alt='{html.escape(name)} grid' "
-                  f"src='{p.relative_to(folder).as_posix()}'></a>" for p in pages if p.is_file()]
+                  f"src='{data_uri(p, GRID_PREVIEW_SIDE, 'JPEG')}'></a>" for p in pages if p.is_file()]
     parts.append(f"<h2>Memorisation (similarity ≥ {settings.memorisation_threshold:g})</h2>")
     if not evaluation.flagged:
         parts.append("<p>No generated image is that close to a training image.</p>")
