@@ -374,3 +374,60 @@ def test_bad_settings_are_named_by_field_before_a_model_loads(tiny_sdxl_dir, dat
         adapter_models(bundle, from_dict(NetworkConfig, {"algo": "lora", "base_int8": True}), base_lr=1e-4,
                        device=torch.device("cpu"), vae_dtype=torch.float32, gradient_checkpointing=False,
                        attention="sdpa")
+
+
+# ---------------------------------------------------------------- exact resume
+
+
+def test_kill_9_and_resume_latest_is_bit_identical_for_lokr_with_text_encoders(tiny_sdxl_dir, dataset, tmp_path):
+    """A LoKr run training both text encoders, with every adapter dropout, gradient checkpointing, cached
+    latents and a bf16 base: SIGKILLed after step 3 (state every 2 steps) and resumed, it logs the same losses
+    and ends with the same adapter file, bit for bit, as an uninterrupted run."""
+    import threading
+
+    from accelerate.state import AcceleratorState
+
+    from helpers.config import load_config, save_config
+    from helpers.training.config import TrainConfig
+    from helpers.training.loop import train
+    from helpers.training.progress import step_losses
+    from tests.test_training_loop import tiny_config
+    from tests.test_training_resume import kill_after_step, start
+
+    def make(name):
+        cfg = tiny_config(tiny_sdxl_dir, dataset, epochs=2, batch_size=1, seed=5, network={
+            "algo": "lokr", "dim": 4, "alpha": 2.0, "factor": 4, "train_text_encoder": True, "unet_lr": 2e-3,
+            "text_encoder_lr": 1e-3, "rank_dropout": 0.2, "module_dropout": 0.1, "base_precision": "bf16",
+            "save_precision": "fp32", "module_rules": [{"match": "FeedForward", "factor": 8}]},
+            **{"data.cache_latents": "memory", "data.flip": False, "precision.gradient_checkpointing": True,
+               "optimizer.lr_scheduler": "cosine", "saving.state_every_n_steps": 2, "saving.keep_last_states": 2})
+        run = tmp_path / "runs" / name
+        save_config(cfg, run / "config.toml")
+        return run
+
+    reference, killed = make("reference"), make("killed")
+    proc = start(killed)
+    result: dict = {}
+    watcher = threading.Thread(target=lambda: result.update(first=kill_after_step(proc, killed / "log.jsonl", 3)))
+    watcher.start()
+    AcceleratorState._reset_state(True)
+    train(load_config(TrainConfig, reference / "config.toml"), reference, show_progress=False)
+    watcher.join()
+    proc = start(killed, "--resume", "latest")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out.decode()[-3000:]
+
+    ref_losses, res_losses = step_losses(reference / "log.jsonl"), step_losses(killed / "log.jsonl")
+    assert sorted(ref_losses) == list(range(1, 7)) and result["first"] < 6  # 2 epochs of 3 steps
+    assert res_losses == ref_losses  # exact floats, step by step
+    ref, res = read_lora(reference / "checkpoints" / "reference.safetensors"), \
+        read_lora(killed / "checkpoints" / "killed.safetensors")
+    assert ref.modules.keys() == res.modules.keys() and any(n.startswith("lora_te2_") for n in ref.modules)
+    for name, module in ref.modules.items():
+        assert all(torch.equal(t, res.modules[name].tensors[k]) for k, t in module.tensors.items()), name
+    # the state holds the adapter (and its optimizer), not the model: a few hundred kB
+    from helpers.training.checkpoints import find_latest_state, folder_bytes, load_training_state
+
+    state = find_latest_state(killed / "state")
+    assert folder_bytes(state) < 5_000_000
+    assert all(".networks." in key for key in load_training_state(state)["weights"])
