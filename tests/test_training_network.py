@@ -366,14 +366,32 @@ def test_bad_settings_are_named_by_field_before_a_model_loads(tiny_sdxl_dir, dat
     cfg = tiny_config(tiny_sdxl_dir, dataset, network={"algo": "lora", "init_weights": str(sd15)})
     with pytest.raises(ConfigError, match=r"network\.init_weights.*sd15 LoRA but the base model is sdxl"):
         loop.train(cfg, tmp_path / "run", show_progress=False)
-    monkeypatch.undo()
-    bundle = fresh(tiny_sdxl_dir)
-    with pytest.raises(ConfigError, match=r"network\.base_int8.*CUDA"):
-        from helpers.training.network import adapter_models
 
-        adapter_models(bundle, from_dict(NetworkConfig, {"algo": "lora", "base_int8": True}), base_lr=1e-4,
-                       device=torch.device("cpu"), vae_dtype=torch.float32, gradient_checkpointing=False,
-                       attention="sdpa")
+
+def test_int8_base_trains_the_adapter_close_to_the_full_precision_base(tiny_sd15_dir):
+    from helpers.training.network import adapter_models, quantize_linears
+
+    reference = unet_output(fresh(tiny_sd15_dir))
+    bundle = fresh(tiny_sd15_dir)
+    trained = adapter_models(bundle, from_dict(NetworkConfig, {"algo": "lora", "dim": 4, "base_int8": True,
+                                                               "base_precision": "fp32"}),
+                             base_lr=1e-4, device=torch.device("cpu"), vae_dtype=torch.float32,
+                             gradient_checkpointing=False, attention="sdpa")
+    to_q = bundle.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    assert type(to_q).__name__ == "Linear8bitLt" and to_q.weight.dtype == torch.int8
+    bundle.unet.eval()
+    quantized = unet_output(bundle)
+    assert (quantized - reference).abs().mean() < 0.05 * reference.abs().mean()  # LLM.int8() rounding only
+    bundle.unet.train()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    ctx = torch.randn(1, 77, bundle.unet.config.cross_attention_dim, generator=g)
+    loss = bundle.unet(x, torch.tensor([10]), encoder_hidden_states=ctx).sample.pow(2).mean()
+    loss.backward()
+    grads = [p.grad for p in trained.modules["unet"].parameters() if p.grad is not None]
+    assert grads and any(g.abs().max() > 0 for g in grads)
+    with pytest.raises(ConfigError, match=r"network\.base_int8"):
+        quantize_linears(torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.device("meta"))
 
 
 # ---------------------------------------------------------------- exact resume

@@ -73,8 +73,8 @@ class NetworkConfig:
     init_weights: str = option("", help="continue from this LoRA/LyCORIS file ('' = start fresh)", kind="path")
     base_precision: Literal["fp32", "fp16", "bf16"] = option(
         "bf16", help="dtype of the frozen base weights (bf16: half the memory of fp32)")
-    base_int8: bool = option(False, help="keep the frozen U-Net linears in 8 bits (bitsandbytes, CUDA only)",
-                             group="advanced")
+    base_int8: bool = option(False, help="keep the frozen U-Net linears in 8 bits (bitsandbytes LLM.int8(); "
+                             "about half the memory of bf16 for those layers)", group="advanced")
     save_precision: Literal["fp16", "bf16", "fp32"] = option("fp16", help="precision of saved adapter files")
 
     @property
@@ -255,7 +255,8 @@ def _lycoris_network(container, settings: LayerSettings, cfg: NetworkConfig, pre
     level = logger.level
     try:
         logger.setLevel(logging.ERROR)
-        LycorisNetwork.apply_preset({"enable_conv": True, "target_module": ["Linear", "Conv2d"], "target_name": [],
+        classes = sorted({type(m).__name__ for m in container.children()})  # Linear, Conv2d, Linear8bitLt
+        LycorisNetwork.apply_preset({"enable_conv": True, "target_module": classes, "target_name": [],
                                      "module_algo_map": {}, "name_algo_map": {}, "lora_prefix": prefix,
                                      "use_fnmatch": False, "exclude_name": []})
         algo = "lora" if settings.algo == "locon" else settings.algo
@@ -508,9 +509,12 @@ def adapter_models(bundle, cfg: NetworkConfig, *, base_lr: float, device: torch.
     bundle.unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
     for model in [bundle.unet, *bundle.text_encoders]:
         if cfg.base_int8 and model is bundle.unet:
-            model.to(device)  # quantized layers keep int8; the rest follows base_precision below
+            model.to(device)  # moving quantizes the 8-bit layers; everything else follows base_precision
             for module in model.modules():
-                if not isinstance(module, QUANTIZED) and not list(module.children()):
+                if isinstance(module, QUANTIZED):
+                    if module.bias is not None:
+                        module.bias.data = module.bias.data.to(base_dtype)
+                elif not list(module.children()):
                     module.to(dtype=base_dtype)
         else:
             place(model, device, base_dtype)
@@ -568,14 +572,15 @@ QUANTIZED: tuple = ()
 
 
 def quantize_linears(model: torch.nn.Module, device: torch.device) -> int:
-    """Replace the frozen ``nn.Linear`` layers of ``model`` with bitsandbytes ``Linear8bitLt`` (LLM.int8 weights,
-    quantized when moved to the GPU). Returns how many were replaced."""
+    """Replace the ``nn.Linear`` layers of ``model`` with bitsandbytes ``Linear8bitLt`` (LLM.int8(): int8 weights
+    with one scale per row, outliers above 6 in 16 bits), quantized when moved to ``device`` (CUDA or CPU; both
+    run bitsandbytes' int8 matmul). lycoris runs its modules on them in bypass mode. Returns the count."""
     global QUANTIZED
     from helpers.config import ConfigError
 
-    if torch.device(device).type != "cuda":
-        raise ConfigError({"network.base_int8": "an 8-bit base needs a CUDA GPU (bitsandbytes' int8 matmul); "
-                           "on this device use base_precision = 'bf16' instead"})
+    if torch.device(device).type not in ("cuda", "cpu"):
+        raise ConfigError({"network.base_int8": f"bitsandbytes' 8-bit layers run on CUDA GPUs and CPUs, not "
+                           f"{torch.device(device).type}: turn base_int8 off (base_precision = 'bf16')"})
     import bitsandbytes as bnb
 
     QUANTIZED = (bnb.nn.Linear8bitLt,)
@@ -585,10 +590,9 @@ def quantize_linears(model: torch.nn.Module, device: torch.device) -> int:
             if type(child) is torch.nn.Linear:
                 q = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
                                         has_fp16_weights=False, threshold=6.0)
-                q.weight = bnb.nn.Int8Params(child.weight.data.to(torch.float16), requires_grad=False,
-                                             has_fp16_weights=False)
+                q.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
                 if child.bias is not None:
-                    q.bias = torch.nn.Parameter(child.bias.data.to(torch.float16), requires_grad=False)
+                    q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
                 setattr(parent, name, q)
                 count += 1
     return count
