@@ -186,7 +186,8 @@ def test_lokr_file_loads_with_lycoris_own_loader_and_gives_our_delta(trained, ti
         torch.testing.assert_close(lora.modules[name].delta(tuple(theirs.shape)), theirs, rtol=1e-3, atol=1e-6)
 
 
-def test_resize_and_merge_take_trained_files(trained, tiny_sdxl_dir, tmp_path):
+def test_inspect_resize_and_merge_take_trained_files(trained, tiny_sdxl_dir, tmp_path, capsys):
+    from helpers.lora.__main__ import main
     from helpers.lora.merge import merge_lora
     from helpers.lora.resize import resize_lora
     from helpers.models import open_checkpoint
@@ -197,6 +198,9 @@ def test_resize_and_merge_take_trained_files(trained, tiny_sdxl_dir, tmp_path):
         small, full = read_lora(tmp_path / f"{algo}-r2.safetensors"), read_lora(path)
         learned = {n for n, m in full.modules.items() if m.delta().abs().max() > 0}  # resize drops empty layers
         assert learned and learned <= set(small.modules) <= set(full.modules) and set(small.algos) == {"lora"}
+    for algo in ALGOS:  # `python -m helpers.lora inspect` on every kind of file we train
+        assert main(["inspect", str(trained("sdxl", algo)[1])]) == 0
+        assert "architecture: sdxl" in capsys.readouterr().out
     merged = tmp_path / "merged.safetensors"
     merge_lora(str(tiny_sdxl_dir), path, merged, precision="fp32", progress=False)
     assert open_checkpoint(str(merged)).arch == "sdxl"
@@ -399,7 +403,7 @@ def test_int8_base_trains_the_adapter_close_to_the_full_precision_base(tiny_sd15
 
 def test_kill_9_and_resume_latest_is_bit_identical_for_lokr_with_text_encoders(tiny_sdxl_dir, dataset, tmp_path):
     """A LoKr run training both text encoders, with every adapter dropout, gradient checkpointing, cached
-    latents and a bf16 base: SIGKILLed after step 3 (state every 2 steps) and resumed, it logs the same losses
+    latents, an EMA of the adapter and a bf16 base: SIGKILLed after step 3 (state every 2 steps) and resumed, it logs the same losses
     and ends with the same adapter file, bit for bit, as an uninterrupted run."""
     import threading
 
@@ -417,6 +421,7 @@ def test_kill_9_and_resume_latest_is_bit_identical_for_lokr_with_text_encoders(t
             "algo": "lokr", "dim": 4, "alpha": 2.0, "factor": 4, "train_text_encoder": True, "unet_lr": 2e-3,
             "text_encoder_lr": 1e-3, "rank_dropout": 0.2, "module_dropout": 0.1, "base_precision": "bf16",
             "save_precision": "fp32", "module_rules": [{"match": "FeedForward", "factor": 8}]},
+            ema={"enabled": True, "decay": 0.9},
             **{"data.cache_latents": "memory", "data.flip": False, "precision.gradient_checkpointing": True,
                "optimizer.lr_scheduler": "cosine", "saving.state_every_n_steps": 2, "saving.keep_last_states": 2})
         run = tmp_path / "runs" / name

@@ -194,6 +194,8 @@ class TrainConfig:
                                                         "network.train_text_encoder instead")
         trained = {"unet"} | ({f"te{i}" for i, lr in ((1, o.learning_rate_te1), (2, o.learning_rate_te2))
                                if lr != 0} if o.train_text_encoder else set())
+        if self.network.enabled:  # an adapter's text-encoder modules train with network.train_text_encoder
+            trained = {"unet"} | ({"te1", "te2"} if self.network.train_text_encoder else set())
         problems.update(stage_problems(self.stages, epochs=self.epochs, bucket_step=d.bucket_step,
                                        trained_groups=trained))
         return problems
