@@ -128,6 +128,9 @@ def test_each_algorithm_trains_and_changes_the_output(trained, arch, algo):
             theirs = lycoris_delta(module)
             if algo != "dora":
                 torch.testing.assert_close(ours.delta(tuple(theirs.shape)), theirs, rtol=1e-3, atol=1e-6)
+            else:  # DoRA merges into the base: ours (what `helpers.lora merge` writes) is lycoris' merge
+                merged = ours.merged(module.org_weight.detach())
+                torch.testing.assert_close(merged, module.get_merged_weight()[0].float(), rtol=1e-4, atol=1e-6)
             moved += bool(theirs.abs().max() > 0)
         assert moved >= len(layers) // 2, component  # SDXL TE1: its last layer is unused (penultimate output)
 
@@ -201,6 +204,7 @@ def test_inspect_resize_and_merge_take_trained_files(trained, tiny_sdxl_dir, tmp
     for algo in ALGOS:  # `python -m helpers.lora inspect` on every kind of file we train
         assert main(["inspect", str(trained("sdxl", algo)[1])]) == 0
         assert "architecture: sdxl" in capsys.readouterr().out
+    merge_lora(str(tiny_sdxl_dir), trained("sdxl", "dora")[1], tmp_path / "dora.safetensors", progress=False)
     merged = tmp_path / "merged.safetensors"
     merge_lora(str(tiny_sdxl_dir), path, merged, precision="fp32", progress=False)
     assert open_checkpoint(str(merged)).arch == "sdxl"
