@@ -343,6 +343,9 @@ def test_module_rules_and_learning_rates(tiny_sdxl_dir):
     assert network.trainable_parameter_count() == sum(p.numel() for g in network.param_groups(1.0)
                                                       for p in g["params"])
     assert not any(p.requires_grad for p in network.bundle.unet.parameters())
+    network.bundle.unet.eval()  # sampling: the adapter (not a child of the U-Net) follows it into eval mode
+    unet_output(network.bundle)
+    assert not network.models["unet"].training and not any(m.training for _, m in network.layers["unet"])
 
 
 def test_bad_settings_are_named_by_field_before_a_model_loads(tiny_sdxl_dir, dataset, tmp_path, monkeypatch):

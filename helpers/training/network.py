@@ -92,6 +92,9 @@ class NetworkConfig:
         if self.algo == "locon" and self.preset != "full-unet":
             out["preset"] = ("algo locon is LoRA on the ResNet convs too: use preset = 'full-unet' (with conv_dim), "
                              "or algo = 'lora'")
+        if self.dropout and self.algo in ("loha", "lokr"):
+            out["dropout"] = (f"lycoris' {self.algo} has no output dropout (it would be ignored): use rank_dropout "
+                              "or module_dropout, or 0 here")
         if self.dora and self.algo not in DORA_ALGOS:
             out["dora"] = (f"lycoris has no DoRA for algo {self.algo!r}: use one of {', '.join(DORA_ALGOS)}, "
                            "or turn dora off")
@@ -151,7 +154,6 @@ def init_weights_problems(path: str, arch: str | None) -> dict[str, str]:
     return {}
 
 
-
 def check_base_model(cfg: NetworkConfig, source: str, allow_pickle: bool = False) -> None:
     """Before any model loads: the network's problems against the base model's family, read from its header
     (a LoRA of another architecture to continue from is refused here). Raises ``ConfigError``."""
@@ -194,16 +196,12 @@ class LayerSettings:
 
 
 def is_conv3x3(module) -> bool:
-    import torch
-
     return isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
 
 
 def find_targets(model, component: str, cfg: NetworkConfig) -> dict[str, tuple]:
     """``{module path: (module, LayerSettings)}``: the Linear / Conv2d layers inside the preset's module classes
     (3x3 convs only with a conv rank), with ``module_rules`` applied (later rules win)."""
-    import torch
-
     classes = PRESET_CLASSES[cfg.preset]["unet" if component == "unet" else "te"]
     by_path = dict(model.named_modules())
     out: dict[str, tuple] = {}
@@ -230,7 +228,7 @@ def layer_settings(cfg: NetworkConfig, component: str, path: str, module, by_pat
         if rule.match in ancestors or rule.match in f"{component}.{path}":
             algo = rule.algo or algo
             dim = rule.dim or dim
-            alpha = rule.alpha or (rule.dim if rule.dim else alpha)
+            alpha = rule.alpha or alpha
             factor = rule.factor or factor
     if dim <= 0:
         return None
@@ -448,8 +446,9 @@ def attach_network(bundle, cfg: NetworkConfig) -> AdapterNetwork:
         networks = [_lycoris_network(container, settings, cfg, f"lora_{component}", bypass)
                     for settings, container in groups.items()]
         by_module = {id(module): path for path, (module, _) in targets.items()}
+        order = {path: i for i, path in enumerate(targets)}
         layers[component] = sorted(((by_module[id(lora.org_module[0])], lora) for net in networks
-                                    for lora in net.loras), key=lambda pair: list(targets).index(pair[0]))
+                                    for lora in net.loras), key=lambda pair: order[pair[0]])
         for net in networks:
             net.apply_to()
             for lora in net.loras:
