@@ -454,6 +454,8 @@ def attach_network(bundle, cfg: NetworkConfig) -> AdapterNetwork:
             for lora in net.loras:
                 lora.org_module[0].forward = in_input_precision(lora.forward)
         models[component] = AdaptedModel(model, networks)
+        # lycoris modules are not children of the base model: they follow its train/eval switch (sampling)
+        model.register_forward_pre_hook(_follow_mode(models[component]))
     network = AdapterNetwork(bundle, cfg, models, layers)
     if cfg.init_weights:
         network.load_file(Path(cfg.init_weights).expanduser())
@@ -525,8 +527,6 @@ def adapter_models(bundle, cfg: NetworkConfig, *, base_lr: float, device: torch.
                 model.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for model in network.models.values():
         model.to(device, torch.float32).train()
-        # lycoris modules are not children of the base model: follow its train/eval switch (sampling)
-        model.base.register_forward_pre_hook(_follow_mode(model))
     network.base_lr = base_lr
     return TrainedModels(modules=dict(network.models), learning_rates=network.learning_rates(base_lr))
 
