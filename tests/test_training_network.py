@@ -135,18 +135,19 @@ def test_each_algorithm_trains_and_changes_the_output(trained, arch, algo):
         assert moved >= len(layers) // 2, component  # SDXL TE1: its last layer is unused (penultimate output)
 
 
-def test_lora_file_loads_in_diffusers_and_fuses_to_base_plus_update(trained, tiny_sdxl_dir):
-    from diffusers import StableDiffusionXLPipeline
+@pytest.mark.parametrize("arch", ["sdxl", "sd15"])
+def test_lora_file_loads_in_diffusers_and_fuses_to_base_plus_update(trained, arch):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from helpers.lora.merge import resolve_modules
     from helpers.models import open_checkpoint
 
-    _, path = trained("sdxl", "lora")
-    lora = read_lora(path)
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_dir))
-    parts = {"unet": pipe.unet, "te1": pipe.text_encoder, "te2": pipe.text_encoder_2}
+    _, path = trained(arch, "lora")
+    lora, model_dir = read_lora(path), trained.dirs[arch]
+    pipe = (StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline).from_pretrained(str(model_dir))
+    parts = {"unet": pipe.unet, "te1": pipe.text_encoder, "te2": getattr(pipe, "text_encoder_2", None)}
     base = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
-    targets = resolve_modules(lora, open_checkpoint(str(tiny_sdxl_dir)))
+    targets = resolve_modules(lora, open_checkpoint(str(model_dir)))
 
     def weight(t):
         model = parts[t.component]
