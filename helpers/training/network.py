@@ -5,6 +5,20 @@ fine-tune, unchanged). ``attach_network(bundle, cfg)`` freezes the base model, w
 lycoris modules and returns an ``AdapterNetwork``: its parameters are what trains, its ``save`` writes a
 kohya/LyCORIS file in the original-model layout (``helpers.lora.naming``) that A1111, ComfyUI, diffusers and
 ``python -m helpers.lora`` read.
+
+Targets are chosen here (the preset's module classes, 3x3 convs only with a conv rank, ``module_rules``);
+layers with equal settings go to one ``lycoris.LycorisNetwork`` built over a flat container of just those
+layers, so lycoris' own target logic never runs on the whole model. That side-steps the lycoris 4.1.3 traps
+(each has a test in tests/test_training_network.py that fails once lycoris fixes it):
+
+- the kohya network's built-in ``full``/``full-lin`` presets crash on diffusers U-Nets (duplicate
+  ``time_embedding`` names); its ``attn-mlp`` also pulls in the time/add embeddings;
+- it names text-encoder-1 layers without ``text_model_`` under transformers >= 5.6: files are written here
+  with ``helpers.lora.naming`` names (``lora_te1_text_model_...``, SGM U-Net names for SDXL);
+- its merge skips the SDXL U-Net (``lycoris.utils.merge``) and applies alpha/dim twice for LoKr/LoHa
+  (``get_merged_weight``): merging is ``helpers.lora``'s, which applies it once, as training did;
+- fp32 adapter weights meet fp16/bf16 activations uncast in some paths (``network_runtime.in_input_precision``);
+- bypass mode silently ignores DoRA's magnitude: DoRA (and ``full``) rebuild the weight instead.
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ from typing import Literal
 import torch
 
 from helpers.config import option
+from helpers.training.network_runtime import in_input_precision, quantize_linears, step_random_state  # noqa: F401
 
 ALGOS = ("none", "lora", "locon", "loha", "lokr", "full")
 PRESETS = ("attn-only", "attn-mlp", "full-unet")
@@ -270,7 +285,6 @@ def _lycoris_network(container, settings: LayerSettings, cfg: NetworkConfig, pre
         logger.setLevel(level)
 
 
-
 class AdaptedModel(torch.nn.Module):
     """A frozen base model (U-Net or text encoder) with its adapter: called like the base model; its
     parameters and ``state_dict`` are the adapter's alone, so the trainer's optimizer, EMA, DDP and training
@@ -463,19 +477,6 @@ def attach_network(bundle, cfg: NetworkConfig) -> AdapterNetwork:
     return network
 
 
-def in_input_precision(forward):
-    """A lycoris module's forward run under autocast to the activations' half precision when nothing else
-    autocasts. lycoris 4.1.3 meets fp32 adapter weights with fp16/bf16 activations without casting in some
-    paths (conv LoCon with rank dropout, the weight-rebuild path of DoRA and ``full``): a dtype error
-    without this (``test_lycoris_half_precision_gaps`` watches for the fix)."""
-    def run(x, *args, **kwargs):
-        if x.dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, dtype=x.dtype):
-                return forward(x, *args, **kwargs)
-        return forward(x, *args, **kwargs)
-    return run
-
-
 def check_factors(targets: dict[str, tuple], component: str) -> None:
     """A LoKr factor must divide both widths of every layer it splits (``network.factor`` / a rule's)."""
     from helpers.config import ConfigError
@@ -500,10 +501,11 @@ def adapter_models(bundle, cfg: NetworkConfig, *, base_lr: float, device: torch.
     ``TrainedModels`` (``unet``/``te1``/``te2`` = ``AdaptedModel`` s with the network's learning rates)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+    from helpers.training import network_runtime as runtime
     from helpers.training.components import DTYPES, TrainedModels, place
 
     if cfg.base_int8:
-        quantize_linears(bundle.unet, device)
+        runtime.quantize_linears(bundle.unet, device)
     network = attach_network(bundle, cfg)  # on the fp32 weights (DoRA's magnitudes come from them)
     base_dtype = DTYPES[cfg.base_precision]
     place(bundle.vae, device, vae_dtype).eval()
@@ -512,7 +514,7 @@ def adapter_models(bundle, cfg: NetworkConfig, *, base_lr: float, device: torch.
         if cfg.base_int8 and model is bundle.unet:
             model.to(device)  # moving quantizes the 8-bit layers; everything else follows base_precision
             for module in model.modules():
-                if isinstance(module, QUANTIZED):
+                if isinstance(module, runtime.QUANTIZED):
                     if module.bias is not None:
                         module.bias.data = module.bias.data.to(base_dtype)
                 elif not list(module.children()):
@@ -545,53 +547,3 @@ def learning_rates(cfg: NetworkConfig, unet: float, te1: float | None, te2: floa
     unet = cfg.unet_lr or unet
     te = cfg.text_encoder_lr or unet
     return unet, te, te
-
-
-class step_random_state:
-    """Inside: the global torch RNG (CPU and the training GPU) seeded from (run seed, step), outside: untouched.
-    Adapter dropout draws from it, so step N of a resumed run drops exactly what the first run dropped."""
-
-    def __init__(self, seed: int, step: int, device: torch.device):
-        self.seed, self.step, self.device = seed, step, torch.device(device)
-
-    def __enter__(self):
-        devices = [self.device] if self.device.type == "cuda" else []
-        self._fork = torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda")
-        self._fork.__enter__()
-        torch.manual_seed((self.seed * 1_000_003 + self.step * 7919 + 17) % 2**63)
-        return self
-
-    def __exit__(self, *exc):
-        return self._fork.__exit__(*exc)
-
-
-# ---------------------------------------------------------------- 8-bit base
-
-QUANTIZED: tuple = ()
-
-
-def quantize_linears(model: torch.nn.Module, device: torch.device) -> int:
-    """Replace the ``nn.Linear`` layers of ``model`` with bitsandbytes ``Linear8bitLt`` (LLM.int8(): int8 weights
-    with one scale per row, outliers above 6 in 16 bits), quantized when moved to ``device`` (CUDA or CPU; both
-    run bitsandbytes' int8 matmul). lycoris runs its modules on them in bypass mode. Returns the count."""
-    global QUANTIZED
-    from helpers.config import ConfigError
-
-    if torch.device(device).type not in ("cuda", "cpu"):
-        raise ConfigError({"network.base_int8": f"bitsandbytes' 8-bit layers run on CUDA GPUs and CPUs, not "
-                           f"{torch.device(device).type}: turn base_int8 off (base_precision = 'bf16')"})
-    import bitsandbytes as bnb
-
-    QUANTIZED = (bnb.nn.Linear8bitLt,)
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear:
-                q = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                        has_fp16_weights=False, threshold=6.0)
-                q.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
-                if child.bias is not None:
-                    q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-                setattr(parent, name, q)
-                count += 1
-    return count
