@@ -370,6 +370,11 @@ def test_bad_settings_are_named_by_field_before_a_model_loads(tiny_sdxl_dir, dat
     assert "full-unet" in problems(algo="locon")["preset"]
     assert "no such file" in problems(algo="lora", init_weights=str(tmp_path / "missing.safetensors"))["init_weights"]
     assert "module_rules[0].factor" in problems(algo="lokr", module_rules=[{"match": "Attention", "factor": 3}])
+    assert "dropout" in problems(algo="lokr", dropout=0.1)
+    checked = tiny_config(tiny_sdxl_dir, dataset, network={"algo": "lora", "text_encoder_lr": 1e-5},
+                          **{"optimizer.train_text_encoder": True, "precision.full_half_precision": True,
+                             "precision.mixed_precision": "bf16"}).check()
+    assert {"network.text_encoder_lr", "optimizer.train_text_encoder", "precision.full_half_precision"} <= set(checked)
     # a LoRA of another architecture to continue from: refused from the headers, before the base model loads
     sd15 = write_lora(tmp_path / "sd15.safetensors", {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight":
                                                       torch.zeros(2, 8), "lora_te_text_model_encoder_layers_0_mlp"

@@ -189,6 +189,9 @@ class TrainConfig:
             problems.update({f"{section}.{key}": message for key, message in found.items()})
         problems.update({f"network.{key}": message for key, message in
                          self.network.problems(None if self.model.arch == "auto" else self.model.arch).items()})
+        if self.network.enabled and p.full_half_precision:
+            problems["precision.full_half_precision"] = ("is for full fine-tunes: an adapter trains in fp32 over a "
+                                                         "frozen base in network.base_precision; turn it off")
         if self.network.enabled and o.train_text_encoder:
             problems["optimizer.train_text_encoder"] = ("trains the whole text encoders; with an adapter use "
                                                         "network.train_text_encoder instead")
