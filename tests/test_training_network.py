@@ -328,6 +328,17 @@ def test_dora_networks_rebuild_and_others_bypass(tiny_sd15_dir):
 # ---------------------------------------------------------------- settings
 
 
+def test_continuing_from_a_file_of_other_settings_names_the_field(trained, tiny_sdxl_dir):
+    _, path = trained("sdxl", "lora")  # dim 4, alpha 2, attn-mlp, text encoders on
+    for settings, field in (({"dim": 8}, "network.dim"), ({"alpha": 8.0}, "network.alpha"),
+                            ({"algo": "loha"}, "network.algo"), ({"train_text_encoder": False}, "network.init_weights")):
+        cfg = from_dict(NetworkConfig, {"algo": "lora", "dim": 4, "alpha": 2.0, "train_text_encoder": True,
+                                        "init_weights": str(path), **settings})
+        with pytest.raises(ConfigError) as err:
+            attach_network(fresh(tiny_sdxl_dir), cfg)
+        assert list(err.value.problems) == [field] and str(path) in err.value.problems[field]
+
+
 def test_module_rules_and_learning_rates(tiny_sdxl_dir):
     cfg = from_dict(NetworkConfig, {"algo": "lokr", "dim": 4, "factor": 4, "train_text_encoder": True,
                                     "unet_lr": 1e-4, "text_encoder_lr": 5e-5,
