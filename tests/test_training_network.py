@@ -478,3 +478,30 @@ def test_kill_9_and_resume_latest_is_bit_identical_for_lokr_with_text_encoders(t
     state = find_latest_state(killed / "state")
     assert folder_bytes(state) < 5_000_000
     assert all(".networks." in key for key in load_training_state(state)["weights"])
+
+
+@pytest.mark.parametrize("arch, convs, counts", [("sdxl", False, {"unet": 722, "te1": 72, "te2": 192}),
+                                                 ("sd15", False, {"unet": 192, "te1": 72}),
+                                                 ("sd15", True, {"unet": 278, "te1": 72})])
+def test_real_size_models_get_the_layers_sd_scripts_adapts(arch, convs, counts):
+    """The real SDXL / SD 1.5 (shipped configs, on the meta device: no memory): attn-mlp adapts the layers
+    sd-scripts' LoRA does (its "create LoRA for U-Net: 722 modules" ...); full-unet adds the resnets (LoCon)."""
+    import json
+    import types
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = Path(__file__).resolve().parent.parent / "helpers" / "models" / "configs" / arch
+    read = lambda p: json.loads((folder / p).read_text())  # noqa: E731
+    with torch.device("meta"):
+        tes = [CLIPTextModel(CLIPTextConfig(**read("text_encoder/config.json")))]
+        if arch == "sdxl":
+            tes.append(CLIPTextModelWithProjection(CLIPTextConfig(**read("text_encoder_2/config.json"))))
+        bundle = types.SimpleNamespace(arch=arch, prediction="epsilon", text_encoders=tes,
+                                       unet=UNet2DConditionModel.from_config(read("unet/config.json")),
+                                       vae=AutoencoderKL.from_config(read("vae/config.json")))
+        cfg = {"algo": "locon", "preset": "full-unet", "conv_dim": 8} if convs else {"algo": "lora"}
+        network = attach_network(bundle, from_dict(NetworkConfig, {"dim": 32, "train_text_encoder": True, **cfg}))
+    assert {k: len(v) for k, v in network.layers.items()} == counts
