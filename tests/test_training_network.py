@@ -480,12 +480,14 @@ def test_kill_9_and_resume_latest_is_bit_identical_for_lokr_with_text_encoders(t
     assert all(".networks." in key for key in load_training_state(state)["weights"])
 
 
-@pytest.mark.parametrize("arch, convs, counts", [("sdxl", False, {"unet": 722, "te1": 72, "te2": 192}),
-                                                 ("sd15", False, {"unet": 192, "te1": 72}),
-                                                 ("sd15", True, {"unet": 278, "te1": 72})])
-def test_real_size_models_get_the_layers_sd_scripts_adapts(arch, convs, counts):
+@pytest.mark.parametrize("arch, preset, counts", [("sdxl", "attn-mlp", {"unet": 722, "te1": 72, "te2": 192}),
+                                                  ("sdxl", "attn-only", {"unet": 560, "te1": 48, "te2": 128}),
+                                                  ("sd15", "attn-mlp", {"unet": 192, "te1": 72}),
+                                                  ("sd15", "full-unet", {"unet": 278, "te1": 72})])
+def test_real_size_models_get_the_layers_sd_scripts_adapts(arch, preset, counts):
     """The real SDXL / SD 1.5 (shipped configs, on the meta device: no memory): attn-mlp adapts the layers
-    sd-scripts' LoRA does (its "create LoRA for U-Net: 722 modules" ...); full-unet adds the resnets (LoCon)."""
+    sd-scripts' LoRA does (its "create LoRA for U-Net: 722 modules" ...); full-unet adds the resnets (LoCon);
+    attn-only the q/k/v/out projections (70 SDXL transformer blocks x 2 attentions x 4)."""
     import json
     import types
     from pathlib import Path
@@ -502,6 +504,7 @@ def test_real_size_models_get_the_layers_sd_scripts_adapts(arch, convs, counts):
         bundle = types.SimpleNamespace(arch=arch, prediction="epsilon", text_encoders=tes,
                                        unet=UNet2DConditionModel.from_config(read("unet/config.json")),
                                        vae=AutoencoderKL.from_config(read("vae/config.json")))
-        cfg = {"algo": "locon", "preset": "full-unet", "conv_dim": 8} if convs else {"algo": "lora"}
-        network = attach_network(bundle, from_dict(NetworkConfig, {"dim": 32, "train_text_encoder": True, **cfg}))
+        cfg = {"algo": "locon", "conv_dim": 8} if preset == "full-unet" else {"algo": "lora"}
+        network = attach_network(bundle, from_dict(NetworkConfig, {"dim": 32, "train_text_encoder": True,
+                                                                   "preset": preset, **cfg}))
     assert {k: len(v) for k, v in network.layers.items()} == counts
