@@ -339,7 +339,7 @@ def test_continuing_from_a_file_of_other_settings_names_the_field(trained, tiny_
         assert list(err.value.problems) == [field] and str(path) in err.value.problems[field]
 
 
-def test_module_rules_and_learning_rates(tiny_sdxl_dir):
+def test_module_rules_and_learning_rates(tiny_sdxl_dir, tmp_path):
     cfg = from_dict(NetworkConfig, {"algo": "lokr", "dim": 4, "factor": 4, "train_text_encoder": True,
                                     "unet_lr": 1e-4, "text_encoder_lr": 5e-5,
                                     "module_rules": [{"match": "FeedForward", "factor": 8},
@@ -355,6 +355,10 @@ def test_module_rules_and_learning_rates(tiny_sdxl_dir):
     assert network.trainable_parameter_count() == sum(p.numel() for g in network.param_groups(1.0)
                                                       for p in g["params"])
     assert not any(p.requires_grad for p in network.bundle.unet.parameters())
+    for precision, dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
+        saved = read_lora(network.save(tmp_path / f"{precision}.safetensors", {"tunebook.run": "r"}, precision))
+        assert describe_lora(saved)["dtypes"] == [dtype] and saved.metadata["ss_network_args"].count("FeedForward")
+        assert {m.algo for m in saved.modules.values()} == {"lokr", "lora"}
     network.bundle.unet.eval()  # sampling: the adapter (not a child of the U-Net) follows it into eval mode
     unet_output(network.bundle)
     assert not network.models["unet"].training and not any(m.training for _, m in network.layers["unet"])
