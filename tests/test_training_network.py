@@ -390,6 +390,9 @@ def test_bad_settings_are_named_by_field_before_a_model_loads(tiny_sdxl_dir, dat
                           **{"optimizer.train_text_encoder": True, "precision.full_half_precision": True,
                              "precision.mixed_precision": "bf16"}).check()
     assert {"network.text_encoder_lr", "optimizer.train_text_encoder", "precision.full_half_precision"} <= set(checked)
+    mixed = tiny_config(tiny_sdxl_dir, dataset, network={"algo": "lora", "base_precision": "bf16"},
+                        **{"precision.mixed_precision": "fp16"}).check()
+    assert "'fp16'" in mixed["network.base_precision"]
     # a LoRA of another architecture to continue from: refused from the headers, before the base model loads
     sd15 = write_lora(tmp_path / "sd15.safetensors", {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight":
                                                       torch.zeros(2, 8), "lora_te_text_model_encoder_layers_0_mlp"
