@@ -378,6 +378,9 @@ def test_bad_settings_are_named_by_field_before_a_model_loads(tiny_sdxl_dir, dat
     with pytest.raises(ConfigError) as err:
         from_dict(NetworkConfig, {"algo": "lora", "preset": "everything"})
     assert "preset" in err.value.problems
+    with pytest.raises(ConfigError) as err:
+        from_dict(NetworkConfig, {"algo": "lora", "dim": 0})
+    assert "dim" in err.value.problems
     assert "LoKr factor 12" in problems(algo="lokr", factor=12)["factor"]
     assert "LoKr" in problems(algo="lora", factor=4)["factor"]
     assert "lycoris has no DoRA" in problems(algo="full", dora=True)["dora"]
