@@ -19,6 +19,7 @@ from helpers.training.captions import CaptionConfig
 from helpers.training.checkpoints import SaveConfig
 from helpers.training.data import DataConfig
 from helpers.training.ema import EmaConfig
+from helpers.training.network import NetworkConfig
 from helpers.training.optim import OptimizerConfig
 from helpers.training.schedules import StageConfig, stage_problems
 from helpers.training.trackers import LoggingConfig
@@ -131,6 +132,8 @@ class TrainConfig:
     precision: PrecisionConfig = option(factory=PrecisionConfig, help="precision and memory")
     saving: SaveConfig = option(factory=SaveConfig, help="checkpoints and training state")
     ema: EmaConfig = option(factory=EmaConfig, help="exponential moving average of the weights")
+    network: NetworkConfig = option(factory=NetworkConfig, help="adapter training (LoRA / LyCORIS) instead of "
+                                    "a full fine-tune")
     logging: LoggingConfig = option(factory=LoggingConfig, help="TensorBoard and Weights & Biases")
     validation: ValidationConfig = option(factory=ValidationConfig, help="validation loss on held-out images")
     sampling: SamplingConfig = option(factory=SamplingConfig, help="sample images during training (kohya prompt "
@@ -187,8 +190,23 @@ class TrainConfig:
                                ("sampling", self.sampling.problems()),
                                ("validation", self.validation.problems(dataset_image_count(self.validation, d)))):
             problems.update({f"{section}.{key}": message for key, message in found.items()})
+        problems.update({f"network.{key}": message for key, message in
+                         self.network.problems(None if self.model.arch == "auto" else self.model.arch).items()})
+        if self.network.enabled and p.full_half_precision:
+            problems["precision.full_half_precision"] = ("is for full fine-tunes: an adapter trains in fp32 over a "
+                                                         "frozen base in network.base_precision; turn it off")
+        n = self.network
+        if n.enabled and p.mixed_precision in ("fp16", "bf16") and n.base_precision not in (p.mixed_precision, "fp32"):
+            problems["network.base_precision"] = (f"{n.base_precision} base under {p.mixed_precision} autocast converts "
+                                                  f"every layer's weights: use {p.mixed_precision!r} (or set "
+                                                  f"precision.mixed_precision = {n.base_precision!r})")
+        if self.network.enabled and o.train_text_encoder:
+            problems["optimizer.train_text_encoder"] = ("trains the whole text encoders; with an adapter use "
+                                                        "network.train_text_encoder instead")
         trained = {"unet"} | ({f"te{i}" for i, lr in ((1, o.learning_rate_te1), (2, o.learning_rate_te2))
                                if lr != 0} if o.train_text_encoder else set())
+        if self.network.enabled:  # an adapter's text-encoder modules train with network.train_text_encoder
+            trained = {"unet"} | ({"te1", "te2"} if self.network.train_text_encoder else set())
         problems.update(stage_problems(self.stages, epochs=self.epochs, bucket_step=d.bucket_step,
                                        trained_groups=trained))
         return problems
