@@ -21,6 +21,7 @@ from helpers.training.data import DataConfig
 from helpers.training.ema import EmaConfig
 from helpers.training.optim import OptimizerConfig
 from helpers.training.schedules import StageConfig, stage_problems
+from helpers.training.te_cache import cache_problems
 from helpers.training.trackers import LoggingConfig
 
 MOVED_TO_CAPTIONS = ("shuffle_caption", "keep_tokens", "caption_separator", "tag_dropout", "caption_dropout")
@@ -180,6 +181,7 @@ class TrainConfig:
                                                    "use fp32 (or bf16)")
         if p.full_half_precision and p.mixed_precision == "no":
             problems["precision.full_half_precision"] = "needs mixed_precision fp16 or bf16"
+        problems.update(cache_problems(self))  # the text-encoder cache: frozen encoders, fixed captions only
         for section, found in (("optimizer", o.problems()), ("captions", self.captions.problems()),
                                ("objective", self.objective.problems(self.model.prediction)),
                                ("sampling", self.sampling.problems())):

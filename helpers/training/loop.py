@@ -37,6 +37,7 @@ from helpers.training.ema import ExponentialMovingAverage
 from helpers.training.optim import build_optimizer, effective_learning_rates
 from helpers.training.progress import RunMonitor, peak_memory_gb
 from helpers.training.schedules import LearningRateSchedule, RunPlan, StageConfig, stage_learning_rates
+from helpers.training.te_cache import build_text_encoder_cache
 from helpers.training.trackers import open_trackers
 from helpers.workspace import RunPaths
 
@@ -112,6 +113,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     stage_data = build_stage_data(cfg, resolve_dataset(cfg.data.dataset, models_dir), accelerator, monitor,
                                   cache_folder=latent_cache_folder(cache_dir, bundle.vae),
                                   encode=lambda px, seed: encode_pixels(bundle.vae, px, [seed]))
+    text_cache = build_text_encoder_cache(cfg, family, bundle, device, stage_data, cache_dir, monitor.show_bar)
     plan = plan_run(cfg, stage_data, list(trained.modules))
     total_steps = min(plan.total_steps, cfg.max_steps or sys.maxsize)
     # 4. Optimizer, LR schedule (per stage and model), EMA; accelerate adds DDP, autocast and loss scaling
@@ -139,7 +141,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     settings = dict(family=family, unet=modules["unet"], vae=bundle.vae, tokenizers=bundle.tokenizers,
                     text_encoders=[modules.get(f"te{i + 1}", te) for i, te in enumerate(bundle.text_encoders)],
                     unet_dtype=bundle.unet.dtype, alphas_cumprod=alphas_cumprod, objective=cfg.objective,
-                    prediction=bundle.prediction, train_text=len(names) > 1)
+                    prediction=bundle.prediction, train_text=len(names) > 1, text_cache=text_cache)
     samples.maybe_sample(bundle, position.step, position.epoch)  # step 0: the base model, for comparison
     # 6. Optimizer steps, epoch by epoch, from where the run stands (a stop signal now waits for a step's end)
     interrupt.begin_steps()
@@ -240,7 +242,7 @@ class _nothing:
 
 
 def compute_loss(batch, *, family, unet, vae, tokenizers, text_encoders, unet_dtype, alphas_cumprod, objective,
-                 prediction, train_text) -> torch.Tensor:
+                 prediction, train_text, text_cache=None) -> torch.Tensor:
     """Latents -> noise at random timesteps -> U-Net prediction -> weighted (masked) loss to the target."""
     device = alphas_cumprod.device
     if "latents" in batch:
@@ -259,9 +261,11 @@ def compute_loss(batch, *, family, unet, vae, tokenizers, text_encoders, unet_dt
                              multires_discount=o.multires_noise_discount)
     noisy = obj.add_noise(latents, obj.perturb_noise(noise, generator, o.ip_noise_gamma,
                                                      o.ip_noise_gamma_random_strength), timesteps, alphas_cumprod)
-    token_ids = family.tokenize_captions(tokenizers, batch["captions"])
-    with torch.set_grad_enabled(train_text):
-        text = family.encode_tokens(text_encoders, token_ids)
+    if text_cache is not None:  # frozen encoders, fixed captions: encoded once (training.te_cache)
+        text = text_cache.encode(batch["captions"])
+    else:
+        with torch.set_grad_enabled(train_text):
+            text = family.encode_tokens(text_encoders, family.tokenize_captions(tokenizers, batch["captions"]))
     cond = family.unet_conditioning(text, batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"],
                                     unet_dtype)
     pred = unet(noisy.to(unet_dtype), timesteps, **cond).sample
