@@ -19,6 +19,7 @@ from helpers.training.captions import CaptionConfig
 from helpers.training.checkpoints import SaveConfig
 from helpers.training.data import DataConfig
 from helpers.training.ema import EmaConfig
+from helpers.training.network import NetworkConfig
 from helpers.training.optim import OptimizerConfig
 from helpers.training.schedules import StageConfig, stage_problems
 from helpers.training.te_cache import cache_problems
@@ -131,6 +132,8 @@ class TrainConfig:
     precision: PrecisionConfig = option(factory=PrecisionConfig, help="precision and memory")
     saving: SaveConfig = option(factory=SaveConfig, help="checkpoints and training state")
     ema: EmaConfig = option(factory=EmaConfig, help="exponential moving average of the weights")
+    network: NetworkConfig = option(factory=NetworkConfig, help="adapter training (LoRA / LyCORIS) instead of "
+                                    "a full fine-tune")
     logging: LoggingConfig = option(factory=LoggingConfig, help="TensorBoard and Weights & Biases")
     sampling: SamplingConfig = option(factory=SamplingConfig, help="sample images during training (kohya prompt "
                                       "syntax)")
@@ -186,6 +189,11 @@ class TrainConfig:
                                ("objective", self.objective.problems(self.model.prediction)),
                                ("sampling", self.sampling.problems())):
             problems.update({f"{section}.{key}": message for key, message in found.items()})
+        problems.update({f"network.{key}": message for key, message in
+                         self.network.problems(None if self.model.arch == "auto" else self.model.arch).items()})
+        if self.network.enabled and o.train_text_encoder:
+            problems["optimizer.train_text_encoder"] = ("trains the whole text encoders; with an adapter use "
+                                                        "network.train_text_encoder instead")
         trained = {"unet"} | ({f"te{i}" for i, lr in ((1, o.learning_rate_te1), (2, o.learning_rate_te2))
                                if lr != 0} if o.train_text_encoder else set())
         problems.update(stage_problems(self.stages, epochs=self.epochs, bucket_step=d.bucket_step,
