@@ -86,9 +86,9 @@ def training_command(config_path: Path, num_gpus: int = 1, resume: str | None = 
         args += ["--resume", resume]
     if stop_instance_when_done:
         args += ["--stop-instance-when-done"]
-    if num_gpus > 1:
-        return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus), *args]
-    return [python, *args]
+    from helpers.training.launch import launch_command
+
+    return launch_command(config_path, num_gpus, trainer_args=args[3:], python=python)
 
 
 def start_job(run: RunPaths, config: Any = None, *, num_gpus: int = 1, resume: str | None = None,

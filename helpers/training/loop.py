@@ -191,6 +191,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                 save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema, epoch=position.epoch)
     # 7. The final model file (the EMA weights when EMA is on)
     final = save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema, final=True)
+    check_replicas(accelerator, optimizer, monitor)
     monitor.event("finished", step=position.step, path=str(final))
     monitor.update(force=True, state="finished", step=position.step)
     return {"final": str(final), "steps": position.step, "run": str(run_root)}
@@ -366,6 +367,20 @@ def start_ema(ema_cfg, modules: dict, device: torch.device) -> ExponentialMoving
     return ExponentialMovingAverage(modules, decay=ema_cfg.decay, warmup=ema_cfg.warmup, power=ema_cfg.warmup_power,
                                     start_step=ema_cfg.start_step, update_every=ema_cfg.update_every,
                                     device="cpu" if ema_cfg.device == "cpu" else device)
+
+
+def check_replicas(accelerator, optimizer, monitor) -> None:
+    """Several processes: log each one's checksum of its trained weights (``training.launch``); a difference
+    means the processes diverged (the file written is rank 0's) and is a warning."""
+    if accelerator.num_processes < 2:
+        return
+    from helpers.training.launch import replica_checksums
+
+    sums = replica_checksums(accelerator, [p for group in optimizer.param_groups for p in group["params"]])
+    monitor.event("replicas", processes=len(sums), checksums=[str(s) for s in sums], agree=len(set(sums)) == 1)
+    if len(set(sums)) > 1:
+        monitor.event("warning", message=f"the {len(sums)} processes ended with different weights: the saved file "
+                      "is process 0's; report this with the run's log")
 
 
 def check_model_settings(arch: str, vae_precision: str) -> None:
