@@ -34,6 +34,7 @@ from helpers.training.components import (
 from helpers.training.config import TrainConfig
 from helpers.training.data import build_training_data, seed_for
 from helpers.training.ema import ExponentialMovingAverage
+from helpers.training.network import adapter_models, check_base_model, learning_rates, step_random_state
 from helpers.training.optim import build_optimizer, effective_learning_rates
 from helpers.training.progress import RunMonitor, peak_memory_gb
 from helpers.training.schedules import LearningRateSchedule, RunPlan, StageConfig, stage_learning_rates
@@ -58,7 +59,8 @@ class Position:
 def train(cfg: TrainConfig, run_root: Path, *, resume: str | None = None, models_dir: Path | None = None,
           cache_dir: Path | None = None, show_progress: bool | None = None) -> dict:
     """Train ``cfg`` into ``run_root``; ``resume`` = "latest" or a state folder. Returns a summary."""
-    accelerator = start_accelerator(cfg.precision.mixed_precision, cfg.device, cfg.optimizer.train_text_encoder)
+    accelerator = start_accelerator(cfg.precision.mixed_precision, cfg.device,
+                                    cfg.optimizer.train_text_encoder or cfg.network.train_text_encoder)
     monitor = RunMonitor(RunPaths(Path(run_root)), enabled=accelerator.is_main_process, show_bar=show_progress)
     if accelerator.is_main_process:
         monitor.trackers, warnings = open_trackers(cfg.logging.tensorboard, cfg.logging.wandb,
@@ -92,6 +94,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                               log_event=monitor.event, trackers=monitor.trackers)
     # 1. Load the base model; the family adapter hides SDXL/SD 1.5 differences from this loop
     monitor.update(force=True, state="loading")
+    check_base_model(cfg.network, resolve_base_model(cfg.model.base_model, models_dir), cfg.model.allow_pickle)
     bundle = load_base_model(resolve_base_model(cfg.model.base_model, models_dir),
                              arch=None if cfg.model.arch == "auto" else cfg.model.arch,
                              prediction=None if cfg.model.prediction == "auto" else cfg.model.prediction,
@@ -101,12 +104,18 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     alphas_cumprod = noise_schedule(bundle.noise_scheduler.alphas_cumprod, cfg.objective.zero_terminal_snr,
                                     bundle.prediction, monitor).to(device)
     # 2. Choose what trains (text encoders with LR 0 stay frozen) and place every model
-    trained = choose_trained_models(bundle, unet_lr=o.learning_rate, train_text_encoder=o.train_text_encoder,
-                                    te_lrs=[o.learning_rate_te1, o.learning_rate_te2])
-    weight_dtype = DTYPES[p.mixed_precision] if p.full_half_precision else torch.float32
-    prepare_models(bundle, trained, device=device, weight_dtype=weight_dtype, frozen_dtype=DTYPES[p.mixed_precision],
-                   vae_dtype=DTYPES[p.vae_precision], gradient_checkpointing=p.gradient_checkpointing,
-                   attention=p.attention)
+    #    (an adapter run: the base frozen in network.base_precision, only the lycoris modules train)
+    if cfg.network.enabled:
+        trained = adapter_models(bundle, cfg.network, base_lr=o.learning_rate, device=device,
+                                 vae_dtype=DTYPES[p.vae_precision], gradient_checkpointing=p.gradient_checkpointing,
+                                 attention=p.attention)
+    else:
+        trained = choose_trained_models(bundle, unet_lr=o.learning_rate, train_text_encoder=o.train_text_encoder,
+                                        te_lrs=[o.learning_rate_te1, o.learning_rate_te2])
+        weight_dtype = DTYPES[p.mixed_precision] if p.full_half_precision else torch.float32
+        prepare_models(bundle, trained, device=device, weight_dtype=weight_dtype,
+                       frozen_dtype=DTYPES[p.mixed_precision], vae_dtype=DTYPES[p.vae_precision],
+                       gradient_checkpointing=p.gradient_checkpointing, attention=p.attention)
     # 3. Scan the dataset (bad files reported before any GPU time is spent), fill the latent cache; one
     #    data set per stage resolution, and the plan of where each stage starts
     monitor.update(force=True, state="caching" if cfg.data.cache_latents != "off" else "loading")
@@ -152,7 +161,8 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
         for chunk in step_chunks(data.loader(remaining), o.gradient_accumulation_steps):
             started, lrs = time.monotonic(), effective_learning_rates(optimizer)  # the LRs this step uses
             # forward + backward over the chunk's batches, then one clipped optimizer step, then the EMA
-            loss = run_optimizer_step(chunk, accelerator, wrapped, optimizer, scheduler, o.max_grad_norm, settings)
+            with step_random_state(cfg.seed, position.step, device) if cfg.network.enabled else _nothing():
+                loss = run_optimizer_step(chunk, accelerator, wrapped, optimizer, scheduler, o.max_grad_norm, settings)
             position = Position(position.step + 1, position.epoch, position.batch_in_epoch + len(chunk))
             if ema is not None:
                 ema.update(position.step)
@@ -355,10 +365,10 @@ def plan_run(cfg, stage_data: list, groups: list[str]) -> RunPlan:
     """Each stage's epochs, optimizer steps per epoch and base learning rate per trained model."""
     o = cfg.optimizer
     stages = cfg.stages or [StageConfig(epochs=cfg.epochs)]
+    unet, te1, te2 = learning_rates(cfg.network, o.learning_rate, o.learning_rate_te1, o.learning_rate_te2)
     return RunPlan(epochs=[s.epochs for s in stages],
                    steps_per_epoch=[math.ceil(len(d.batches(0)) / o.gradient_accumulation_steps) for d in stage_data],
-                   learning_rates=[stage_learning_rates(s, groups, unet=o.learning_rate, te1=o.learning_rate_te1,
-                                                        te2=o.learning_rate_te2) for s in stages])
+                   learning_rates=[stage_learning_rates(s, groups, unet=unet, te1=te1, te2=te2) for s in stages])
 
 
 def start_ema(ema_cfg, modules: dict, device: torch.device) -> ExponentialMovingAverage | None:
@@ -426,11 +436,14 @@ def save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema=N
                 "tunebook.ema": str(ema is not None).lower(),
                 # samplers must use the rescaled schedule too (ComfyUI's marker key is still to be written)
                 "tunebook.zero_terminal_snr": str(cfg.objective.zero_terminal_snr).lower()}
+        # an adapter run saves the adapter file (kohya/LyCORIS keys), not the whole model
+        save = getattr(bundle, "adapter", None) and bundle.adapter.save or (
+            lambda file, metadata: save_model_file(file, bundle, precision=cfg.saving.save_precision, metadata=metadata))
         with ema.swapped_into() if ema is not None else _nothing():
-            save_model_file(path, bundle, precision=cfg.saving.save_precision, metadata=meta)
+            save(path, metadata=meta)
         if ema is not None and cfg.ema.save_trained_too:
-            save_model_file(folder / ckpt.checkpoint_name(run_root.name, epoch=epoch, step=step, noema=True), bundle,
-                            precision=cfg.saving.save_precision, metadata={**meta, "tunebook.ema": "false"})
+            save(folder / ckpt.checkpoint_name(run_root.name, epoch=epoch, step=step, noema=True),
+                 metadata={**meta, "tunebook.ema": "false"})
         if not final:
             ckpt.prune_checkpoints(folder, run_root.name, cfg.saving.keep_last)
         monitor.event("checkpoint", path=str(path), step=position.step, epoch=position.epoch)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from helpers.config import option
 
 ALGOS = ("none", "lora", "locon", "loha", "lokr", "full")
@@ -40,8 +42,8 @@ class NetworkConfig:
     """Train an adapter (LoRA / LyCORIS) instead of the whole model."""
 
     algo: Literal["none", "lora", "locon", "loha", "lokr", "full"] = option(
-        "none", help="none = full fine-tune; lora (attention/MLP linears), locon (LoRA + convs), loha, lokr "
-        "(Kronecker), full (a full delta of the targeted layers)")
+        "none", help="none = full fine-tune; lora / locon (low rank; LoCon = on the convs too: preset "
+        "full-unet), loha (Hadamard), lokr (Kronecker), full (a full delta of the targeted layers)")
     preset: Literal["attn-only", "attn-mlp", "full-unet"] = option(
         "attn-mlp", help="which layers: attention only; attention + MLP (sd-scripts' LoRA); the whole U-Net "
         "including ResNet convs (needs conv_dim)")
@@ -87,6 +89,9 @@ class NetworkConfig:
             return out
         if self.preset == "full-unet" and self.conv_dim <= 0:
             out["conv_dim"] = "preset full-unet trains the ResNet 3x3 convs: set conv_dim (e.g. 8 or 16)"
+        if self.algo == "locon" and self.preset != "full-unet":
+            out["preset"] = ("algo locon is LoRA on the ResNet convs too: use preset = 'full-unet' (with conv_dim), "
+                             "or algo = 'lora'")
         if self.dora and self.algo not in DORA_ALGOS:
             out["dora"] = (f"lycoris has no DoRA for algo {self.algo!r}: use one of {', '.join(DORA_ALGOS)}, "
                            "or turn dora off")
@@ -146,20 +151,444 @@ def init_weights_problems(path: str, arch: str | None) -> dict[str, str]:
     return {}
 
 
+
+def check_base_model(cfg: NetworkConfig, source: str, allow_pickle: bool = False) -> None:
+    """Before any model loads: the network's problems against the base model's family, read from its header
+    (a LoRA of another architecture to continue from is refused here). Raises ``ConfigError``."""
+    from helpers.config import ConfigError
+
+    if not cfg.enabled:
+        return
+    arch = None
+    if Path(source).exists():
+        from helpers.models import open_checkpoint
+
+        try:
+            arch = open_checkpoint(source, allow_pickle=allow_pickle).arch
+        except Exception:  # noqa: BLE001  the loader reports an unreadable model in its own words
+            arch = None
+    problems = cfg.problems(arch)
+    if problems:
+        raise ConfigError({f"network.{k}": v for k, v in problems.items()})
+
+
+# ---------------------------------------------------------------- targets
+
+# module classes whose Linear / Conv2d layers each preset adapts (diffusers U-Net, transformers CLIP)
+PRESET_CLASSES = {
+    "attn-only": {"unet": ("Attention",), "te": ("CLIPAttention", "CLIPSdpaAttention")},
+    "attn-mlp": {"unet": ("Transformer2DModel",), "te": ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")},
+    "full-unet": {"unet": ("Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"),
+                  "te": ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")},
+}
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """What one adapted layer gets; layers with equal settings share one ``LycorisNetwork``."""
+
+    algo: str
+    dim: int
+    alpha: float
+    factor: int
+
+
+def is_conv3x3(module) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
+
+
+def find_targets(model, component: str, cfg: NetworkConfig) -> dict[str, tuple]:
+    """``{module path: (module, LayerSettings)}``: the Linear / Conv2d layers inside the preset's module classes
+    (3x3 convs only with a conv rank), with ``module_rules`` applied (later rules win)."""
+    import torch
+
+    classes = PRESET_CLASSES[cfg.preset]["unet" if component == "unet" else "te"]
+    by_path = dict(model.named_modules())
+    out: dict[str, tuple] = {}
+    for parent_path, parent in by_path.items():
+        if type(parent).__name__ not in classes:
+            continue
+        for child_path, child in parent.named_modules():
+            path = f"{parent_path}.{child_path}".strip(".")
+            if path in out or not isinstance(child, (torch.nn.Linear, torch.nn.Conv2d)):
+                continue
+            settings = layer_settings(cfg, component, path, child, by_path)
+            if settings is not None:
+                out[path] = (child, settings)
+    return out
+
+
+def layer_settings(cfg: NetworkConfig, component: str, path: str, module, by_path: dict) -> LayerSettings | None:
+    conv = is_conv3x3(module)
+    algo, factor = cfg.algo, cfg.factor
+    dim, alpha = (cfg.conv_dim, cfg.conv_alpha or cfg.conv_dim) if conv else (cfg.dim, cfg.alpha or cfg.dim)
+    parts = path.split(".")
+    ancestors = {type(by_path[".".join(parts[:i])]).__name__ for i in range(len(parts) + 1)}
+    for rule in cfg.module_rules:
+        if rule.match in ancestors or rule.match in f"{component}.{path}":
+            algo = rule.algo or algo
+            dim = rule.dim or dim
+            alpha = rule.alpha or (rule.dim if rule.dim else alpha)
+            factor = rule.factor or factor
+    if dim <= 0:
+        return None
+    return LayerSettings(algo, dim, float(alpha), factor)
+
+
+# ---------------------------------------------------------------- attaching
+
+
+def _lycoris_network(container, settings: LayerSettings, cfg: NetworkConfig, prefix: str, bypass: bool):
+    """One ``lycoris.LycorisNetwork`` over the layers registered in ``container`` (flat, named by their
+    underscored paths), all with ``settings``. lycoris keeps its target lists as class attributes (global
+    state): they are set for this call and put back after."""
+    import logging
+
+    from lycoris import LycorisNetwork
+    from lycoris.logging import logger
+
+    saved = {k: getattr(LycorisNetwork, k) for k in ("ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME",
+                                                     "LORA_PREFIX", "MODULE_ALGO_MAP", "NAME_ALGO_MAP",
+                                                     "USE_FNMATCH", "TARGET_EXCLUDE_NAME")}
+    level = logger.level
+    try:
+        logger.setLevel(logging.ERROR)
+        LycorisNetwork.apply_preset({"enable_conv": True, "target_module": ["Linear", "Conv2d"], "target_name": [],
+                                     "module_algo_map": {}, "name_algo_map": {}, "lora_prefix": prefix,
+                                     "use_fnmatch": False, "exclude_name": []})
+        algo = "lora" if settings.algo == "locon" else settings.algo
+        return LycorisNetwork(container, multiplier=1.0, lora_dim=settings.dim, conv_lora_dim=settings.dim,
+                              alpha=settings.alpha, conv_alpha=settings.alpha, dropout=cfg.dropout,
+                              rank_dropout=cfg.rank_dropout, module_dropout=cfg.module_dropout,
+                              network_module=algo, factor=settings.factor, full_matrix=cfg.full_matrix,
+                              decompose_both=cfg.decompose_both, weight_decompose=cfg.dora,
+                              bypass_mode=bypass, warn_on_unmatched=False)
+    finally:
+        for key, value in saved.items():
+            setattr(LycorisNetwork, key, value)
+        logger.setLevel(level)
+
+
+
+class AdaptedModel(torch.nn.Module):
+    """A frozen base model (U-Net or text encoder) with its adapter: called like the base model; its
+    parameters and ``state_dict`` are the adapter's alone, so the trainer's optimizer, EMA, DDP and training
+    state see only what trains."""
+
+    def __init__(self, base: torch.nn.Module, networks: list):
+        super().__init__()
+        self.networks = torch.nn.ModuleList(networks)
+        object.__setattr__(self, "base", base)  # not a submodule: not in parameters() or state_dict()
+
+    def forward(self, *args, **kwargs):
+        return self.base(*args, **kwargs)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
+
+    @property
+    def config(self):
+        return self.base.config
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """The raw trained tensors (lycoris' own ``state_dict`` folds scalars in: right for files, but a resume
+        must get back exactly what was trained)."""
+        return {name: p.detach() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, weights: dict[str, torch.Tensor], strict: bool = True):
+        own = dict(self.named_parameters())
+        if set(own) != set(weights):
+            missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+            raise ValueError(f"adapter weights do not match this network (missing {missing[:3]}, unexpected "
+                             f"{extra[:3]}): the state was saved with other [network] settings")
+        with torch.no_grad():
+            for name, p in own.items():
+                p.copy_(weights[name])
+
+
 class AdapterNetwork:
-    """The lycoris modules attached to a model bundle (API; filled in by the next commits)."""
+    """The lycoris modules attached to a model bundle, per component, with the names they are saved under."""
+
+    def __init__(self, bundle, cfg: NetworkConfig, models: dict[str, AdaptedModel], layers: dict[str, list]):
+        self.bundle, self.cfg, self.models = bundle, cfg, models
+        self.layers = layers  # component -> [(module path, lycoris module)]
+        self.base_lr = 0.0  # the optimizer's learning rate, for the file's ss_*_lr (set by adapter_models)
+
+    def learning_rates(self, base_lr: float) -> dict[str, float]:
+        unet = self.cfg.unet_lr or base_lr
+        return {name: unet if name == "unet" else (self.cfg.text_encoder_lr or unet) for name in self.models}
 
     def param_groups(self, base_lr: float) -> list[dict]:
-        raise NotImplementedError
+        """One optimizer group per adapted model (``unet``, ``te1``, ``te2``) with its learning rate."""
+        lrs = self.learning_rates(base_lr)
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lrs[name], "name": name}
+                for name, model in self.models.items()]
 
     def trainable_parameter_count(self) -> int:
-        raise NotImplementedError
+        return sum(p.numel() for model in self.models.values() for p in model.parameters() if p.requires_grad)
 
-    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-        raise NotImplementedError
+    def file_tensors(self, precision: str = "fp32") -> dict[str, torch.Tensor]:
+        """kohya/LyCORIS tensors: ``<sd-scripts layer name>.<lycoris suffix>`` (``helpers.lora.naming``)."""
+        from helpers.lora import naming
+        from helpers.lora.formats import PRECISIONS
+
+        out = {}
+        for component, layers in self.layers.items():
+            for path, module in layers:
+                name = naming.lora_name(component, path, self.bundle.arch)
+                tensors = module.custom_state_dict() or torch.nn.Module.state_dict(module)
+                for suffix, tensor in tensors.items():
+                    out[f"{name}.{suffix}"] = tensor.detach().to("cpu", PRECISIONS[precision]).contiguous()
+        return out
+
+    def metadata(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        from helpers.lora.formats import kohya_metadata
+
+        c = self.cfg
+        args = {"algo": c.algo, "preset": c.preset, "conv_dim": c.conv_dim, "conv_alpha": c.conv_alpha,
+                "dropout": c.dropout, "rank_dropout": c.rank_dropout, "module_dropout": c.module_dropout}
+        if c.algo == "lokr":
+            args.update(factor=c.factor, full_matrix=c.full_matrix, decompose_both=c.decompose_both)
+        if c.dora:
+            args["dora_wd"] = True
+        if c.module_rules:
+            args["module_rules"] = [vars(r) for r in c.module_rules]
+        plain = c.algo in ("lora", "locon") and not c.dora
+        meta = kohya_metadata(self.bundle.arch, self.bundle.prediction, c.dim, c.alpha, args,
+                              title=(extra or {}).get("tunebook.run", "adapter"),
+                              extra={"ss_network_module": "networks.lora" if plain else "lycoris.kohya",
+                                     "ss_unet_lr": str(self.learning_rates(self.base_lr)["unet"]),
+                                     "ss_text_encoder_lr": str(self.learning_rates(self.base_lr).get("te1", 0.0)),
+                                     "ss_train_text_encoder": str(c.train_text_encoder)})
+        meta.update(extra or {})
+        return meta
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None, precision: str | None = None) -> Path:
+        """Write the adapter as a kohya/LyCORIS safetensors file (atomic, ``ss_*`` metadata and hashes)."""
+        from helpers.lora.formats import write_lora
+
+        return write_lora(path, self.file_tensors(precision or self.cfg.save_precision), self.metadata(metadata))
+
+    def load_file(self, path: str | Path) -> int:
+        """Continue from a LoRA/LyCORIS file: every layer it holds must be one this network adapts, with the
+        same algorithm, shapes and alpha. Returns the number of layers loaded."""
+        from helpers.config import ConfigError
+        from helpers.lora import naming
+        from helpers.lora.formats import LoraFileError, read_lora
+
+        def refuse(message: str, key: str = "init_weights"):
+            raise ConfigError({f"network.{key}": f"{path}: {message}"})
+
+        try:
+            lora = read_lora(path)
+        except LoraFileError as exc:
+            refuse(str(exc))
+        table = {}
+        for component, layers in self.layers.items():
+            for module_path, module in layers:
+                for alias in [naming.lora_name(component, module_path, self.bundle.arch),
+                              *naming.alternative_names(component, module_path, self.bundle.arch)]:
+                    table.setdefault(alias, module)
+        unknown = [name for name in lora.modules if name not in table]
+        if unknown:
+            refuse(f"{len(unknown)} of its {len(lora.modules)} layers are not adapted by this network (e.g. "
+                   f"{', '.join(unknown[:3])}): set network.preset / train_text_encoder / conv_dim as the file was "
+                   "trained", "init_weights")
+        with torch.no_grad():
+            for name, layer in lora.modules.items():
+                module = table[name]
+                own = {**dict(module.named_parameters()), **{k: b for k, b in module.named_buffers() if k == "alpha"}}
+                tensors = dict(layer.tensors)
+                if set(own) - {"scalar"} != set(tensors):
+                    refuse(f"layer {name} holds {sorted(tensors)}, this network's has {sorted(own)}: set "
+                           f"network.algo (and dora) to what the file was trained with", "algo")
+                for key, tensor in tensors.items():
+                    if key == "alpha" and abs(float(tensor) - float(own[key])) > 1e-3 * max(1.0, float(own[key])):
+                        refuse(f"layer {name} has alpha {float(tensor):g}, this network {float(own[key]):g}: set "
+                               f"network.alpha (conv_alpha for 3x3 convs) to {float(tensor):g}", "alpha")
+                    if tuple(tensor.shape) != tuple(own[key].shape):
+                        refuse(f"layer {name}: {key} is {tuple(tensor.shape)}, this network's "
+                               f"{tuple(own[key].shape)}: set network.dim / conv_dim / factor as the file was "
+                               "trained", "dim")
+                for key, tensor in tensors.items():
+                    own[key].copy_(tensor.to(own[key].dtype))
+        return len(lora.modules)
 
 
 def attach_network(bundle, cfg: NetworkConfig) -> AdapterNetwork:
-    """Freeze ``bundle`` (a ``helpers.models.loader.ModelBundle``), wrap its targeted layers, set
-    ``bundle.adapter`` and return the network."""
-    raise NotImplementedError
+    """Freeze ``bundle`` (a ``helpers.models.loader.ModelBundle``), wrap its targeted layers with lycoris
+    modules (the text encoders' too when ``train_text_encoder``), load ``init_weights`` when given, set
+    ``bundle.adapter`` and return the network. Call it on the fp32 base, before casting (DoRA reads norms)."""
+    from helpers.config import ConfigError
+
+    problems = cfg.problems(bundle.arch)
+    if not cfg.enabled:
+        problems["algo"] = "is 'none' (a full fine-tune): choose lora, locon, loha, lokr or full"
+    if problems:
+        raise ConfigError({f"network.{k}": v for k, v in problems.items()})
+    for model in [bundle.unet, bundle.vae, *bundle.text_encoders]:
+        model.requires_grad_(False)
+    components = {"unet": bundle.unet}
+    if cfg.train_text_encoder:
+        components.update({f"te{i + 1}": te for i, te in enumerate(bundle.text_encoders)})
+    models, layers = {}, {}
+    # bypass: base(x) + adapter(x), the base weight never rebuilt (stays in its half precision); lycoris'
+    # bypass path ignores DoRA's magnitude, and its full-delta module has none: those rebuild the weight
+    bypass = not cfg.dora and cfg.algo != "full"
+    for component, model in components.items():
+        targets = find_targets(model, component, cfg)
+        check_factors(targets, component)
+        groups: dict[LayerSettings, torch.nn.Module] = {}
+        for path, (module, settings) in targets.items():
+            groups.setdefault(settings, torch.nn.Module()).add_module(path.replace(".", "_"), module)
+        networks = [_lycoris_network(container, settings, cfg, f"lora_{component}", bypass)
+                    for settings, container in groups.items()]
+        by_module = {id(module): path for path, (module, _) in targets.items()}
+        layers[component] = sorted(((by_module[id(lora.org_module[0])], lora) for net in networks
+                                    for lora in net.loras), key=lambda pair: list(targets).index(pair[0]))
+        for net in networks:
+            net.apply_to()
+            for lora in net.loras:
+                lora.org_module[0].forward = in_input_precision(lora.forward)
+        models[component] = AdaptedModel(model, networks)
+    network = AdapterNetwork(bundle, cfg, models, layers)
+    if cfg.init_weights:
+        network.load_file(Path(cfg.init_weights).expanduser())
+    bundle.adapter = network
+    return network
+
+
+def in_input_precision(forward):
+    """A lycoris module's forward run under autocast to the activations' half precision when nothing else
+    autocasts. lycoris 4.1.3 meets fp32 adapter weights with fp16/bf16 activations without casting in some
+    paths (conv LoCon with rank dropout, the weight-rebuild path of DoRA and ``full``): a dtype error
+    without this (``test_lycoris_half_precision_gaps`` watches for the fix)."""
+    def run(x, *args, **kwargs):
+        if x.dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, dtype=x.dtype):
+                return forward(x, *args, **kwargs)
+        return forward(x, *args, **kwargs)
+    return run
+
+
+def check_factors(targets: dict[str, tuple], component: str) -> None:
+    """A LoKr factor must divide both widths of every layer it splits (``network.factor`` / a rule's)."""
+    from helpers.config import ConfigError
+
+    for path, (module, settings) in targets.items():
+        if settings.algo != "lokr" or settings.factor <= 0:
+            continue
+        widths = (module.weight.shape[0], module.weight.shape[1])
+        if any(w % settings.factor for w in widths):
+            raise ConfigError({"network.factor": f"LoKr factor {settings.factor} does not divide the widths "
+                               f"{widths} of {component}.{path}: use a divisor of both (or -1 = automatic, or a "
+                               "module_rules entry for these layers)"})
+
+
+# ---------------------------------------------------------------- training
+
+
+def adapter_models(bundle, cfg: NetworkConfig, *, base_lr: float, device: torch.device, vae_dtype: torch.dtype,
+                   gradient_checkpointing: bool, attention: str):
+    """Attach the network and place everything for training: the base frozen in ``base_precision`` (8-bit
+    U-Net linears with ``base_int8``), the adapter in fp32 on ``device``. Returns the trainer's
+    ``TrainedModels`` (``unet``/``te1``/``te2`` = ``AdaptedModel`` s with the network's learning rates)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from helpers.training.components import DTYPES, TrainedModels, place
+
+    if cfg.base_int8:
+        quantize_linears(bundle.unet, device)
+    network = attach_network(bundle, cfg)  # on the fp32 weights (DoRA's magnitudes come from them)
+    base_dtype = DTYPES[cfg.base_precision]
+    place(bundle.vae, device, vae_dtype).eval()
+    bundle.unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+    for model in [bundle.unet, *bundle.text_encoders]:
+        if cfg.base_int8 and model is bundle.unet:
+            model.to(device)  # quantized layers keep int8; the rest follows base_precision below
+            for module in model.modules():
+                if not isinstance(module, QUANTIZED) and not list(module.children()):
+                    module.to(dtype=base_dtype)
+        else:
+            place(model, device, base_dtype)
+        model.train(model is bundle.unet or any(m.base is model for m in network.models.values()))
+    if gradient_checkpointing:
+        bundle.unet.enable_gradient_checkpointing()
+        for name, model in network.models.items():
+            if name != "unet":  # non-reentrant: the frozen embeddings give inputs without gradients
+                model.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for model in network.models.values():
+        model.to(device, torch.float32).train()
+        # lycoris modules are not children of the base model: follow its train/eval switch (sampling)
+        model.base.register_forward_pre_hook(_follow_mode(model))
+    network.base_lr = base_lr
+    return TrainedModels(modules=dict(network.models), learning_rates=network.learning_rates(base_lr))
+
+
+def _follow_mode(model: AdaptedModel):
+    def hook(base, args):
+        if model.training != base.training:
+            model.train(base.training)
+    return hook
+
+
+def learning_rates(cfg: NetworkConfig, unet: float, te1: float | None, te2: float | None):
+    """(U-Net, TE1, TE2) base learning rates of a run: the network's when an adapter trains."""
+    if not cfg.enabled:
+        return unet, te1, te2
+    unet = cfg.unet_lr or unet
+    te = cfg.text_encoder_lr or unet
+    return unet, te, te
+
+
+class step_random_state:
+    """Inside: the global torch RNG (CPU and the training GPU) seeded from (run seed, step), outside: untouched.
+    Adapter dropout draws from it, so step N of a resumed run drops exactly what the first run dropped."""
+
+    def __init__(self, seed: int, step: int, device: torch.device):
+        self.seed, self.step, self.device = seed, step, torch.device(device)
+
+    def __enter__(self):
+        devices = [self.device] if self.device.type == "cuda" else []
+        self._fork = torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda")
+        self._fork.__enter__()
+        torch.manual_seed((self.seed * 1_000_003 + self.step * 7919 + 17) % 2**63)
+        return self
+
+    def __exit__(self, *exc):
+        return self._fork.__exit__(*exc)
+
+
+# ---------------------------------------------------------------- 8-bit base
+
+QUANTIZED: tuple = ()
+
+
+def quantize_linears(model: torch.nn.Module, device: torch.device) -> int:
+    """Replace the frozen ``nn.Linear`` layers of ``model`` with bitsandbytes ``Linear8bitLt`` (LLM.int8 weights,
+    quantized when moved to the GPU). Returns how many were replaced."""
+    global QUANTIZED
+    from helpers.config import ConfigError
+
+    if torch.device(device).type != "cuda":
+        raise ConfigError({"network.base_int8": "an 8-bit base needs a CUDA GPU (bitsandbytes' int8 matmul); "
+                           "on this device use base_precision = 'bf16' instead"})
+    import bitsandbytes as bnb
+
+    QUANTIZED = (bnb.nn.Linear8bitLt,)
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear:
+                q = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
+                                        has_fp16_weights=False, threshold=6.0)
+                q.weight = bnb.nn.Int8Params(child.weight.data.to(torch.float16), requires_grad=False,
+                                             has_fp16_weights=False)
+                if child.bias is not None:
+                    q.bias = torch.nn.Parameter(child.bias.data.to(torch.float16), requires_grad=False)
+                setattr(parent, name, q)
+                count += 1
+    return count
