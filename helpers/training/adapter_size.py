@@ -3,8 +3,8 @@ architecture (shipped configs) built on the meta device, the targeted layers wra
 (LoCon / LoHa / LoKr / Full), their parameters counted. Seconds, no memory; the pre-flight's adapter memory,
 state size and file size come from here.
 
-``attach_network`` (``training.network``) is used when it can attach to the meta model; otherwise the layers
-are chosen here by the preset as the network section describes them (attention: the q/k/v/out linears of
+``attach_network`` (``training.network``, what training runs) attaches to the meta model; should it fail there,
+the layers are chosen here by the preset as the network section describes them (attention: the q/k/v/out linears of
 diffusers ``Attention`` and CLIP ``CLIPAttention``; MLP: ``FeedForward`` / ``CLIPMLP`` linears and the
 transformer blocks' 1x1 proj_in/proj_out; full U-Net: also the ResNet / down- and up-sampling convs), with
 ``module_rules`` applied by class name or path piece.
@@ -37,7 +37,7 @@ def meta_bundle(arch: str, unet_config: dict | None = None):
         encoders = [CLIPTextModel(CLIPTextConfig(**read("text_encoder/config.json")))]
         if arch == "sdxl":
             encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**read("text_encoder_2/config.json"))))
-    return types.SimpleNamespace(arch=arch, unet=unet, text_encoders=encoders, vae=None, tokenizers=[])
+    return types.SimpleNamespace(arch=arch, unet=unet, text_encoders=encoders, vae=torch.nn.Module(), tokenizers=[])
 
 
 def _wanted(preset: str, classes: set[str], layer: torch.nn.Module) -> bool:
@@ -121,10 +121,9 @@ def _cached_count(arch: str, net_repr: str, unet_config: str) -> tuple[tuple[str
         from helpers.training.network import attach_network
 
         network = attach_network(bundle, net)
-        total = network.trainable_parameter_count()
-        te = sum(_adapter_params(m) for m in getattr(network, "text_encoder_modules", lambda: [])())
-        counts = {"unet": total - te, "te": te}
-    except Exception:  # not attachable on the meta device (or not there yet): the preset's own count
+        counts = {name: sum(p.numel() for p in model.parameters() if p.requires_grad)
+                  for name, model in network.models.items()}
+    except Exception:  # not attachable on the meta device: the preset's own count (the same layers)
         counts = count_by_preset(bundle, net)
     return tuple(sorted(counts.items()))
 

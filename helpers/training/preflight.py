@@ -31,9 +31,9 @@ TRAIN_FLOPS = {"sdxl": (20.2e12, 1024), "sd15": (2.41e12, 512)}
 # (and both operands of the attention matmuls): SDXL 1024² 14.2 TFLOP, SD 1.5 512² 1.73 TFLOP
 # (``count_unet_train_flops(..., frozen=True)``; ``bench/train_step.py --count-flops-only`` prints both).
 FROZEN_TRAIN_FLOPS = {"sdxl": 14.2e12, "sd15": 1.73e12}
-# Adapters that rebuild a full weight each step (LoHa, LoKr, Full: ΔW = kron/hadamard, then one matmul) pay its
-# gradient too: about the weight-gradient share a full fine-tune pays (20.2 - 14.2 TFLOP at 1024²).
-REBUILT_WEIGHT_ALGOS = ("loha", "lokr", "full")
+# Adapters run in lycoris' bypass mode (base(x) + adapter(x): ``training.network``) add only their own small
+# FLOPs; DoRA and the ``full`` delta rebuild the whole weight each step and pay its gradient too: about the
+# weight-gradient share a full fine-tune pays (20.2 - 14.2 TFLOP at 1024²).
 BASE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 VAE_ENCODE_FLOPS_1024 = 4.88e12
 # Activation memory per image at the native resolution with mixed precision, without / with gradient
@@ -77,6 +77,7 @@ class AdapterPlan:
     algo: str = "lora"
     base_bytes: float = 2.0
     int8_unet: bool = False
+    rebuilds_weight: bool = False  # DoRA / full: the merged weight is rebuilt, its gradient computed
 
 
 @dataclass
@@ -149,7 +150,7 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
     native_flops, native_res = model.train_flops, model.native_res
     if adapter is not None:
         frozen = model.frozen_train_flops or native_flops * 0.703
-        native_flops = native_flops if adapter.algo in REBUILT_WEIGHT_ALGOS else frozen
+        native_flops = native_flops if adapter.rebuilds_weight else frozen
     scale = (resolution / native_res) ** 2
     act_no_ckpt, act_ckpt = model.activation_gb
     parts = {
@@ -334,7 +335,8 @@ def adapter_plan(cfg, arch: str, unet_config: dict | None = None) -> AdapterPlan
     from helpers.training.adapter_size import adapter_parameter_count
 
     params = sum(adapter_parameter_count(network, arch, unet_config).values())
-    return AdapterPlan(params, network.algo, BASE_BYTES[network.base_precision], network.base_int8)
+    return AdapterPlan(params, network.algo, BASE_BYTES[network.base_precision], network.base_int8,
+                       network.dora or network.algo == "full")
 
 
 def estimate_config(cfg, ws, gpu_name: str | None = None, vram_gb: float | None = None,
