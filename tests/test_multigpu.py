@@ -66,10 +66,13 @@ def test_the_shipped_fsdp_config_is_what_accelerate_reads():
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_end_with_identical_weights(tiny_sdxl_dir, tmp_path):
+@pytest.mark.parametrize("network", [{"network.algo": "lokr", "network.factor": 4, "network.dim": 4,
+                                      "network.train_text_encoder": True}], ids=["lokr-with-te"])  # full: same path
+def test_two_cpu_processes_end_with_identical_weights(network, tiny_sdxl_dir, tmp_path):
     """``--gpus 2`` on a CPU machine: two gloo processes share each epoch's batches; at the end every process's
-    trained weights have the same checksum, logged by the trainer (and the run's file is written once)."""
-    cfg = tiny_config(tiny_sdxl_dir, make_dataset(tmp_path / "d", n=3), **{"batch_size": 1, "max_steps": 2})
+    trained weights (the whole model, or the adapter) have the same checksum, logged by the trainer, and the
+    run's file is written once."""
+    cfg = tiny_config(tiny_sdxl_dir, make_dataset(tmp_path / "d", n=3), **{"batch_size": 1, "max_steps": 2, **network})
     config = save_config(cfg, tmp_path / "run" / "config.toml")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "helpers.training", str(config), "--gpus", "2", "--progress", "off"],
