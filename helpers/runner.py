@@ -189,10 +189,18 @@ def wait_job(run: RunPaths, timeout: float | None = None, poll: float = 0.5) -> 
 
 
 def suggest_template(vram_gb: float | None) -> str:
-    """The shipped template that fits the GPU: A100 80 GB, A6000 48 GB, else the tiny demo (CPU/small GPUs)."""
-    if vram_gb is None or vram_gb < 40:
-        return "demo_tiny"
-    return "sdxl_finetune_a100" if vram_gb >= 70 else "sdxl_finetune_a6000"
+    """The shipped template that fits the GPU: A100 80 GB, A6000 48 GB, an adapter template under 40 GB
+    (``templates.template_for_vram``), the tiny demo without a GPU."""
+    from helpers.templates import template_for_vram
+
+    return template_for_vram(vram_gb)
+
+
+def gpu_count() -> int:
+    """CUDA GPUs on this machine (1 without any: the trainer then runs on the CPU): notebook 04's default."""
+    import torch
+
+    return max(1, torch.cuda.device_count())
 
 
 def suggest_train_config(ws: Workspace, template: str | None = None) -> Any:
