@@ -51,6 +51,21 @@ def test_fsdp_is_refused_without_cuda_before_anything_starts(tmp_path, capsys):
     assert "FSDP needs CUDA" in capsys.readouterr().err and not (tmp_path / "run" / "log.jsonl").exists()
 
 
+def test_the_trainer_stops_at_start_under_fsdp():
+    """The saves read whole weights: under FSDP the trainer refuses before loading anything (its message says
+    what to use instead); data parallel and one process train."""
+    import types
+
+    from accelerate.utils import DistributedType
+
+    from helpers.training.launch import unsupported_mode
+
+    message = unsupported_mode(types.SimpleNamespace(distributed_type=DistributedType.FSDP))
+    assert "FSDP" in message and "--gpus N without --fsdp" in message and "nothing was loaded" in message
+    for mode in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.NO):
+        assert unsupported_mode(types.SimpleNamespace(distributed_type=mode)) is None
+
+
 def test_the_shipped_fsdp_config_is_what_accelerate_reads():
     from accelerate.commands.config.config_args import ClusterConfig
 

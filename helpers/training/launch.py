@@ -8,7 +8,8 @@ that synchronise over gloo (how the tests run it). Across machines the same comm
 ``--num_machines``, ``--machine_rank`` and the first machine's address (README: "Training on several
 machines"). ``--fsdp`` adds the shipped accelerate FSDP config (``templates/accelerate/fsdp_sdxl.yaml``: a full
 SDXL fine-tune sharded across 24-48 GB cards); accelerate's FSDP needs CUDA, so it is refused without a GPU
-before anything starts.
+before anything starts, and the trainer itself stops at start under FSDP (``unsupported_mode``): its saves
+do not gather sharded weights and optimizer state yet.
 
 ``replica_checksums`` is what the trainer logs at the end of a multi-process run: one integer per process over
 the bits of every trained parameter (identical processes, identical numbers); a difference is a warning.
@@ -74,6 +75,19 @@ def check_launch(gpus: int, fsdp: bool, cuda_devices: int | None = None) -> None
                           "GPU machine")
     if cuda_devices and gpus > cuda_devices:
         raise LaunchError(f"--gpus {gpus}: this machine has {cuda_devices} CUDA GPU(s): use at most {cuda_devices}")
+
+
+FSDP_NOT_READY = ("FSDP: this trainer's model-file and training-state saves read whole (unsharded) weights and "
+                  "optimizer state, which FSDP keeps split across the GPUs; until they gather them, an FSDP run "
+                  "would train and then fail at its first save. Train with --gpus N without --fsdp (data parallel), "
+                  "or an adapter template (its frozen base needs no sharding); nothing was loaded or written")
+
+
+def unsupported_mode(accelerator) -> str | None:
+    """Why the trainer must stop at start (before any model is loaded) under this distributed mode, or None."""
+    from accelerate.utils import DistributedType
+
+    return FSDP_NOT_READY if accelerator.distributed_type == DistributedType.FSDP else None
 
 
 def replica_checksums(accelerator, parameters) -> list[int]:

@@ -34,6 +34,7 @@ from helpers.training.components import (
 from helpers.training.config import TrainConfig
 from helpers.training.data import build_training_data, seed_for
 from helpers.training.ema import ExponentialMovingAverage
+from helpers.training.launch import unsupported_mode
 from helpers.training.network import adapter_models, check_base_model, learning_rates, step_random_state
 from helpers.training.optim import build_optimizer, effective_learning_rates
 from helpers.training.progress import RunMonitor, peak_memory_gb
@@ -87,6 +88,8 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     if not resume and ckpt.find_latest_state(run.state):
         raise TrainingError(f"{run_root} already holds training state from an earlier start: continue it with "
                             "--resume latest, or train into a new run folder (nothing was overwritten)")
+    if (unsupported := unsupported_mode(accelerator)) is not None:  # FSDP: saves cannot gather shards yet
+        raise TrainingError(unsupported)
     torch.manual_seed(cfg.seed)
     # samples drawn during training (main process only); a bad prompt line stops the run here, not hours in
     samples = TrainingSamples(cfg.sampling, run.samples, resolution=cfg.data.resolution, run_name=run.name,
