@@ -57,6 +57,7 @@ def test_loss_with_the_cache_equals_the_loss_without(arch, tiny_sdxl_dir, tiny_s
     ({"captions.caption_dropout": 0.1}, "captions.caption_dropout"),
     ({"captions.wildcards": True}, "captions.wildcards"),
     ({"optimizer.train_text_encoder": True}, "optimizer.train_text_encoder"),
+    ({"network.algo": "lora", "network.train_text_encoder": True}, "network.train_text_encoder"),
 ])
 def test_the_cache_is_refused_naming_the_field_and_why(setting, field, tmp_path):
     cfg = tiny_config(tmp_path / "m", tmp_path / "d", **{"data.cache_text_encoder_outputs": "memory", **setting})
