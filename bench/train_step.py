@@ -99,16 +99,19 @@ def template_settings(name: str) -> dict:
             "batch_size": cfg.batch_size, "resolutions": str(cfg.data.resolution)}
 
 
-def estimate_for(arch: str, resolution: int, args, gpu: str | None) -> dict:
-    """The pre-flight's FLOP-model figures for exactly these settings (no measured row: this is the check)."""
+def estimate_for(arch: str, resolution: int, args, gpu: str | None, trained_params: int = 0) -> dict:
+    """The pre-flight's FLOP-model figures for exactly these settings (no measured row: this is the check); an
+    adapter mode with its trained parameter count, the base frozen in bf16."""
     from helpers.training import preflight
 
+    adapter = None if args.mode == "full" else preflight.AdapterPlan(trained_params, args.mode, 2)
     est = preflight.estimate_run(arch=arch, resolution=resolution, batch_size=args.batch_size, total_images=1,
                                  optimizer=args.optimizer, train_te1=args.train_text_encoder,
                                  train_te2=args.train_text_encoder and arch == "sdxl",
                                  mixed_precision=args.mixed_precision, full_half=False,
                                  gradient_checkpointing=args.gradient_checkpointing, vae_fp32=True,
-                                 cached_latents=not args.pixels, gpu_name=gpu, ema_on_gpu=args.ema == "auto")
+                                 cached_latents=not args.pixels, gpu_name=gpu, ema_on_gpu=args.ema == "auto",
+                                 adapter=adapter)
     return {"images_per_s": round(est.images_per_s, 3) if est.images_per_s else None, "vram_gb": est.vram_gb,
             "vram_by_part": est.vram_parts, "speed_source": est.speed_source}
 
@@ -126,7 +129,7 @@ def compare(run: dict, estimate: dict) -> dict:
 def calibrate(run: dict, arch: str, args, gpu: str) -> None:
     from helpers.training.calibration import add_measurement
 
-    add_measurement({"gpu": gpu, "arch": arch, "resolution": run["resolution"], "mode": "full",
+    add_measurement({"gpu": gpu, "arch": arch, "resolution": run["resolution"], "mode": args.mode,
                      "batch_size": args.batch_size, "gradient_checkpointing": args.gradient_checkpointing,
                      "cached_latents": not args.pixels, "train_text_encoder": args.train_text_encoder,
                      "optimizer": args.optimizer, "mixed_precision": args.mixed_precision,
@@ -382,10 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         if peak:
             run["peak_tflops"] = peak
             run["mfu"] = round(run["achieved_tflops"] / peak, 3)
-        if cuda and args.mode in ("full", "frozen"):
-            run["estimate"] = estimate_for(args.arch, resolution, args, gpu)
+        if cuda and args.mode != "frozen":
+            run["estimate"] = estimate_for(args.arch, resolution, args, gpu, run["trained_params"])
             run["vs_estimate"] = compare(run, run["estimate"])
-            if args.calibrate:
+            if args.calibrate:  # an adapter's row has its algorithm as mode (what the pre-flight looks up)
                 calibrate(run, args.arch, args, gpu)
         result["runs"].append(run)
         del bundle
