@@ -87,12 +87,29 @@ class LoraModule:
             return 1.0
         return alpha / rank
 
-    def delta(self, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        """The merged weight change (float32), reshaped to the target ``shape`` when given."""
-        if "dora_scale" in self.tensors:
-            raise LoraFileError(f"{self.name}: DoRA modules (dora_scale) cannot be baked into a plain delta "
-                                "or resized here; use the trainer's own merge for DoRA files")
-        t = {k: v.float() for k, v in self.tensors.items()}
+    def merged(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        """``weight`` with this module merged in at ``strength`` (float32). DoRA (``dora_scale``): the
+        direction W + ΔW rescaled to the trained magnitude m, W' = (W + ΔW)·(s·(m/‖W + ΔW‖ − 1) + 1), the norm
+        per output row (per input column when m has that shape), as lycoris' ``weight_decompose``."""
+        w = weight.float()
+        if "dora_scale" not in self.tensors:
+            return w + strength * self.delta(tuple(w.shape))
+        w = w + self.delta(tuple(w.shape), dora=True)
+        m = self.tensors["dora_scale"].float()
+        if m.shape[0] == w.shape[0] and m.numel() == w.shape[0]:
+            norm = w.reshape(w.shape[0], -1).norm(dim=1).reshape(m.shape)
+        else:
+            norm = w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1).reshape(m.shape)
+        return w * (strength * (m / (norm + torch.finfo(w.dtype).eps) - 1) + 1)
+
+    def delta(self, shape: tuple[int, ...] | None = None, dora: bool = False) -> torch.Tensor:
+        """The merged weight change (float32), reshaped to the target ``shape`` when given. A DoRA module has
+        no delta of its own (it depends on the base weight: see :meth:`merged`); ``dora=True`` gives its
+        low-rank part ΔW."""
+        if "dora_scale" in self.tensors and not dora:
+            raise LoraFileError(f"{self.name}: a DoRA module (dora_scale) has no plain delta: it rescales the "
+                                "merged weight, so it can be merged into a base but not resized or extracted")
+        t = {k: v.float() for k, v in self.tensors.items() if k != "dora_scale"}
         algo = self.algo
         if algo == "lora":
             up, down = t["lora_up.weight"], t["lora_down.weight"]

@@ -103,7 +103,7 @@ def merge_lora(base: str | os.PathLike, lora: str | os.PathLike | list, out: str
             return t
         w = t.float()
         for module, s, _target in mods:
-            w = w + s * module.delta(tuple(w.shape))
+            w = module.merged(w, s)
         return w
 
     plan = _merged_plan(ck, load, PRECISIONS[precision])

@@ -191,11 +191,16 @@ class TrainConfig:
             problems.update({f"{section}.{key}": message for key, message in found.items()})
         problems.update({f"network.{key}": message for key, message in
                          self.network.problems(None if self.model.arch == "auto" else self.model.arch).items()})
+        if self.network.enabled and p.full_half_precision:
+            problems["precision.full_half_precision"] = ("is for full fine-tunes: an adapter trains in fp32 over a "
+                                                         "frozen base in network.base_precision; turn it off")
         if self.network.enabled and o.train_text_encoder:
             problems["optimizer.train_text_encoder"] = ("trains the whole text encoders; with an adapter use "
                                                         "network.train_text_encoder instead")
         trained = {"unet"} | ({f"te{i}" for i, lr in ((1, o.learning_rate_te1), (2, o.learning_rate_te2))
                                if lr != 0} if o.train_text_encoder else set())
+        if self.network.enabled:  # an adapter's text-encoder modules train with network.train_text_encoder
+            trained = {"unet"} | ({"te1", "te2"} if self.network.train_text_encoder else set())
         problems.update(stage_problems(self.stages, epochs=self.epochs, bucket_step=d.bucket_step,
                                        trained_groups=trained))
         return problems

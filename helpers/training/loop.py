@@ -60,8 +60,9 @@ class Position:
 def train(cfg: TrainConfig, run_root: Path, *, resume: str | None = None, models_dir: Path | None = None,
           cache_dir: Path | None = None, show_progress: bool | None = None) -> dict:
     """Train ``cfg`` into ``run_root``; ``resume`` = "latest" or a state folder. Returns a summary."""
-    accelerator = start_accelerator(cfg.precision.mixed_precision, cfg.device,
-                                    cfg.optimizer.train_text_encoder or cfg.network.train_text_encoder)
+    # unused parameters: SDXL TE1's last layer; adapter layers skipped by module dropout
+    accelerator = start_accelerator(cfg.precision.mixed_precision, cfg.device, cfg.optimizer.train_text_encoder
+                                    or cfg.network.train_text_encoder or cfg.network.module_dropout > 0)
     monitor = RunMonitor(RunPaths(Path(run_root)), enabled=accelerator.is_main_process, show_bar=show_progress)
     if accelerator.is_main_process:
         monitor.trackers, warnings = open_trackers(cfg.logging.tensorboard, cfg.logging.wandb,

@@ -5,6 +5,20 @@ fine-tune, unchanged). ``attach_network(bundle, cfg)`` freezes the base model, w
 lycoris modules and returns an ``AdapterNetwork``: its parameters are what trains, its ``save`` writes a
 kohya/LyCORIS file in the original-model layout (``helpers.lora.naming``) that A1111, ComfyUI, diffusers and
 ``python -m helpers.lora`` read.
+
+Targets are chosen here (the preset's module classes, 3x3 convs only with a conv rank, ``module_rules``);
+layers with equal settings go to one ``lycoris.LycorisNetwork`` built over a flat container of just those
+layers, so lycoris' own target logic never runs on the whole model. That side-steps the lycoris 4.1.3 traps
+(each has a test in tests/test_training_network.py that fails once lycoris fixes it):
+
+- the kohya network's built-in ``full``/``full-lin`` presets crash on diffusers U-Nets (duplicate
+  ``time_embedding`` names); its ``attn-mlp`` also pulls in the time/add embeddings;
+- it names text-encoder-1 layers without ``text_model_`` under transformers >= 5.6: files are written here
+  with ``helpers.lora.naming`` names (``lora_te1_text_model_...``, SGM U-Net names for SDXL);
+- its merge skips the SDXL U-Net (``lycoris.utils.merge``) and applies alpha/dim twice for LoKr/LoHa
+  (``get_merged_weight``): merging is ``helpers.lora``'s, which applies it once, as training did;
+- fp32 adapter weights meet fp16/bf16 activations uncast in some paths (``network_runtime.in_input_precision``);
+- bypass mode silently ignores DoRA's magnitude: DoRA (and ``full``) rebuild the weight instead.
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ from typing import Literal
 import torch
 
 from helpers.config import option
+from helpers.training.network_runtime import in_input_precision, quantize_linears, step_random_state  # noqa: F401
 
 ALGOS = ("none", "lora", "locon", "loha", "lokr", "full")
 PRESETS = ("attn-only", "attn-mlp", "full-unet")
@@ -73,8 +88,8 @@ class NetworkConfig:
     init_weights: str = option("", help="continue from this LoRA/LyCORIS file ('' = start fresh)", kind="path")
     base_precision: Literal["fp32", "fp16", "bf16"] = option(
         "bf16", help="dtype of the frozen base weights (bf16: half the memory of fp32)")
-    base_int8: bool = option(False, help="keep the frozen U-Net linears in 8 bits (bitsandbytes, CUDA only)",
-                             group="advanced")
+    base_int8: bool = option(False, help="keep the frozen U-Net linears in 8 bits (bitsandbytes LLM.int8(); "
+                             "about half the memory of bf16 for those layers)", group="advanced")
     save_precision: Literal["fp16", "bf16", "fp32"] = option("fp16", help="precision of saved adapter files")
 
     @property
@@ -92,6 +107,9 @@ class NetworkConfig:
         if self.algo == "locon" and self.preset != "full-unet":
             out["preset"] = ("algo locon is LoRA on the ResNet convs too: use preset = 'full-unet' (with conv_dim), "
                              "or algo = 'lora'")
+        if self.dropout and self.algo in ("loha", "lokr"):
+            out["dropout"] = (f"lycoris' {self.algo} has no output dropout (it would be ignored): use rank_dropout "
+                              "or module_dropout, or 0 here")
         if self.dora and self.algo not in DORA_ALGOS:
             out["dora"] = (f"lycoris has no DoRA for algo {self.algo!r}: use one of {', '.join(DORA_ALGOS)}, "
                            "or turn dora off")
@@ -151,7 +169,6 @@ def init_weights_problems(path: str, arch: str | None) -> dict[str, str]:
     return {}
 
 
-
 def check_base_model(cfg: NetworkConfig, source: str, allow_pickle: bool = False) -> None:
     """Before any model loads: the network's problems against the base model's family, read from its header
     (a LoRA of another architecture to continue from is refused here). Raises ``ConfigError``."""
@@ -194,16 +211,12 @@ class LayerSettings:
 
 
 def is_conv3x3(module) -> bool:
-    import torch
-
     return isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
 
 
 def find_targets(model, component: str, cfg: NetworkConfig) -> dict[str, tuple]:
     """``{module path: (module, LayerSettings)}``: the Linear / Conv2d layers inside the preset's module classes
     (3x3 convs only with a conv rank), with ``module_rules`` applied (later rules win)."""
-    import torch
-
     classes = PRESET_CLASSES[cfg.preset]["unet" if component == "unet" else "te"]
     by_path = dict(model.named_modules())
     out: dict[str, tuple] = {}
@@ -230,7 +243,7 @@ def layer_settings(cfg: NetworkConfig, component: str, path: str, module, by_pat
         if rule.match in ancestors or rule.match in f"{component}.{path}":
             algo = rule.algo or algo
             dim = rule.dim or dim
-            alpha = rule.alpha or (rule.dim if rule.dim else alpha)
+            alpha = rule.alpha or alpha
             factor = rule.factor or factor
     if dim <= 0:
         return None
@@ -255,7 +268,8 @@ def _lycoris_network(container, settings: LayerSettings, cfg: NetworkConfig, pre
     level = logger.level
     try:
         logger.setLevel(logging.ERROR)
-        LycorisNetwork.apply_preset({"enable_conv": True, "target_module": ["Linear", "Conv2d"], "target_name": [],
+        classes = sorted({type(m).__name__ for m in container.children()})  # Linear, Conv2d, Linear8bitLt
+        LycorisNetwork.apply_preset({"enable_conv": True, "target_module": classes, "target_name": [],
                                      "module_algo_map": {}, "name_algo_map": {}, "lora_prefix": prefix,
                                      "use_fnmatch": False, "exclude_name": []})
         algo = "lora" if settings.algo == "locon" else settings.algo
@@ -269,7 +283,6 @@ def _lycoris_network(container, settings: LayerSettings, cfg: NetworkConfig, pre
         for key, value in saved.items():
             setattr(LycorisNetwork, key, value)
         logger.setLevel(level)
-
 
 
 class AdaptedModel(torch.nn.Module):
@@ -447,31 +460,21 @@ def attach_network(bundle, cfg: NetworkConfig) -> AdapterNetwork:
         networks = [_lycoris_network(container, settings, cfg, f"lora_{component}", bypass)
                     for settings, container in groups.items()]
         by_module = {id(module): path for path, (module, _) in targets.items()}
+        order = {path: i for i, path in enumerate(targets)}
         layers[component] = sorted(((by_module[id(lora.org_module[0])], lora) for net in networks
-                                    for lora in net.loras), key=lambda pair: list(targets).index(pair[0]))
+                                    for lora in net.loras), key=lambda pair: order[pair[0]])
         for net in networks:
             net.apply_to()
             for lora in net.loras:
                 lora.org_module[0].forward = in_input_precision(lora.forward)
         models[component] = AdaptedModel(model, networks)
+        # lycoris modules are not children of the base model: they follow its train/eval switch (sampling)
+        model.register_forward_pre_hook(_follow_mode(models[component]))
     network = AdapterNetwork(bundle, cfg, models, layers)
     if cfg.init_weights:
         network.load_file(Path(cfg.init_weights).expanduser())
     bundle.adapter = network
     return network
-
-
-def in_input_precision(forward):
-    """A lycoris module's forward run under autocast to the activations' half precision when nothing else
-    autocasts. lycoris 4.1.3 meets fp32 adapter weights with fp16/bf16 activations without casting in some
-    paths (conv LoCon with rank dropout, the weight-rebuild path of DoRA and ``full``): a dtype error
-    without this (``test_lycoris_half_precision_gaps`` watches for the fix)."""
-    def run(x, *args, **kwargs):
-        if x.dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, dtype=x.dtype):
-                return forward(x, *args, **kwargs)
-        return forward(x, *args, **kwargs)
-    return run
 
 
 def check_factors(targets: dict[str, tuple], component: str) -> None:
@@ -498,19 +501,23 @@ def adapter_models(bundle, cfg: NetworkConfig, *, base_lr: float, device: torch.
     ``TrainedModels`` (``unet``/``te1``/``te2`` = ``AdaptedModel`` s with the network's learning rates)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+    from helpers.training import network_runtime as runtime
     from helpers.training.components import DTYPES, TrainedModels, place
 
     if cfg.base_int8:
-        quantize_linears(bundle.unet, device)
+        runtime.quantize_linears(bundle.unet, device)
     network = attach_network(bundle, cfg)  # on the fp32 weights (DoRA's magnitudes come from them)
     base_dtype = DTYPES[cfg.base_precision]
     place(bundle.vae, device, vae_dtype).eval()
     bundle.unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
     for model in [bundle.unet, *bundle.text_encoders]:
         if cfg.base_int8 and model is bundle.unet:
-            model.to(device)  # quantized layers keep int8; the rest follows base_precision below
+            model.to(device)  # moving quantizes the 8-bit layers; everything else follows base_precision
             for module in model.modules():
-                if not isinstance(module, QUANTIZED) and not list(module.children()):
+                if isinstance(module, runtime.QUANTIZED):
+                    if module.bias is not None:
+                        module.bias.data = module.bias.data.to(base_dtype)
+                elif not list(module.children()):
                     module.to(dtype=base_dtype)
         else:
             place(model, device, base_dtype)
@@ -522,8 +529,6 @@ def adapter_models(bundle, cfg: NetworkConfig, *, base_lr: float, device: torch.
                 model.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for model in network.models.values():
         model.to(device, torch.float32).train()
-        # lycoris modules are not children of the base model: follow its train/eval switch (sampling)
-        model.base.register_forward_pre_hook(_follow_mode(model))
     network.base_lr = base_lr
     return TrainedModels(modules=dict(network.models), learning_rates=network.learning_rates(base_lr))
 
@@ -542,53 +547,3 @@ def learning_rates(cfg: NetworkConfig, unet: float, te1: float | None, te2: floa
     unet = cfg.unet_lr or unet
     te = cfg.text_encoder_lr or unet
     return unet, te, te
-
-
-class step_random_state:
-    """Inside: the global torch RNG (CPU and the training GPU) seeded from (run seed, step), outside: untouched.
-    Adapter dropout draws from it, so step N of a resumed run drops exactly what the first run dropped."""
-
-    def __init__(self, seed: int, step: int, device: torch.device):
-        self.seed, self.step, self.device = seed, step, torch.device(device)
-
-    def __enter__(self):
-        devices = [self.device] if self.device.type == "cuda" else []
-        self._fork = torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda")
-        self._fork.__enter__()
-        torch.manual_seed((self.seed * 1_000_003 + self.step * 7919 + 17) % 2**63)
-        return self
-
-    def __exit__(self, *exc):
-        return self._fork.__exit__(*exc)
-
-
-# ---------------------------------------------------------------- 8-bit base
-
-QUANTIZED: tuple = ()
-
-
-def quantize_linears(model: torch.nn.Module, device: torch.device) -> int:
-    """Replace the frozen ``nn.Linear`` layers of ``model`` with bitsandbytes ``Linear8bitLt`` (LLM.int8 weights,
-    quantized when moved to the GPU). Returns how many were replaced."""
-    global QUANTIZED
-    from helpers.config import ConfigError
-
-    if torch.device(device).type != "cuda":
-        raise ConfigError({"network.base_int8": "an 8-bit base needs a CUDA GPU (bitsandbytes' int8 matmul); "
-                           "on this device use base_precision = 'bf16' instead"})
-    import bitsandbytes as bnb
-
-    QUANTIZED = (bnb.nn.Linear8bitLt,)
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear:
-                q = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                        has_fp16_weights=False, threshold=6.0)
-                q.weight = bnb.nn.Int8Params(child.weight.data.to(torch.float16), requires_grad=False,
-                                             has_fp16_weights=False)
-                if child.bias is not None:
-                    q.bias = torch.nn.Parameter(child.bias.data.to(torch.float16), requires_grad=False)
-                setattr(parent, name, q)
-                count += 1
-    return count
