@@ -92,9 +92,12 @@ def template_settings(name: str) -> dict:
     from helpers.training.config import TrainConfig
 
     cfg = build_config(TrainConfig, name)
-    return {"optimizer": cfg.optimizer.optimizer, "mixed_precision": cfg.precision.mixed_precision,
+    network = {"mode": cfg.network.algo, "dim": cfg.network.dim, "factor": cfg.network.factor} \
+        if cfg.network.enabled else {}
+    return {**network, "optimizer": cfg.optimizer.optimizer, "mixed_precision": cfg.precision.mixed_precision,
             "gradient_checkpointing": cfg.precision.gradient_checkpointing,
-            "train_text_encoder": cfg.optimizer.train_text_encoder, "pixels": cfg.data.cache_latents == "off",
+            "train_text_encoder": cfg.optimizer.train_text_encoder or cfg.network.train_text_encoder,
+            "pixels": cfg.data.cache_latents == "off",
             "ema": ("cpu" if cfg.ema.device == "cpu" else "auto") if cfg.ema.enabled else "off",
             "batch_size": cfg.batch_size, "resolutions": str(cfg.data.resolution)}
 
@@ -311,7 +314,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calibrate", action="store_true", help="append each run to helpers/training/speeds.toml "
                         "(CUDA only)")
     parser.add_argument("--count-flops-only", action="store_true")
-    parser.add_argument("--mode", default="full", help="full, lora, lokr, locon, loha or frozen (the bare frozen "
+    parser.add_argument("--mode", default=None, help="full, lora, lokr, locon, loha or frozen (the bare frozen "
                         "forward + backward); a comma list runs each in its own process and compares them")
     parser.add_argument("--dim", type=int, default=None, help="adapter rank (default: 32 on CUDA, 4 on the tiny "
                         "CPU model, whose layers are 32-64 wide)")
@@ -327,6 +330,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key in ("gradient_checkpointing", "train_text_encoder", "pixels"):
         setattr(args, key, bool(getattr(args, key)))
     args.ema = args.ema or "off"
+    args.mode = args.mode or "full"
     args.batch_size = args.batch_size or 1
     return args
 
