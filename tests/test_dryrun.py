@@ -179,6 +179,8 @@ def test_an_adapter_run_fits_24_gb_and_its_state_is_the_adapters(ws, capsys):
     lora = run_config(ws, "sdxl_lora_24gb", model={"base_model": SDXL_HUB}, saving={"keep_last_states": 1})
     code, report = dry_run_json(capsys, lora, "--gpu", "4090", "--workspace", str(ws.root))
     assert code == 0 and report["fits"]["24"] and report["vram_by_part"]["gradients"] < 0.5
+    assert report["trains"] == "lora" and 70e6 < report["trained_params"] < 100e6
+    assert "trains: a lora adapter, 85.1 M parameters" in dryrun.format_report(report)
     full = run_config(ws, "sdxl_finetune_a6000", model={"base_model": SDXL_HUB})
     _, full_report = dry_run_json(capsys, full, "--gpu", "4090", "--workspace", str(ws.root))
     assert report["disk_by_part"]["states"] < 1.5 < 10 < full_report["disk_by_part"]["states"]
