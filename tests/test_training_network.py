@@ -339,7 +339,7 @@ def test_continuing_from_a_file_of_other_settings_names_the_field(trained, tiny_
         assert list(err.value.problems) == [field] and str(path) in err.value.problems[field]
 
 
-def test_module_rules_and_learning_rates(tiny_sdxl_dir):
+def test_module_rules_and_learning_rates(tiny_sdxl_dir, tmp_path):
     cfg = from_dict(NetworkConfig, {"algo": "lokr", "dim": 4, "factor": 4, "train_text_encoder": True,
                                     "unet_lr": 1e-4, "text_encoder_lr": 5e-5,
                                     "module_rules": [{"match": "FeedForward", "factor": 8},
@@ -355,6 +355,10 @@ def test_module_rules_and_learning_rates(tiny_sdxl_dir):
     assert network.trainable_parameter_count() == sum(p.numel() for g in network.param_groups(1.0)
                                                       for p in g["params"])
     assert not any(p.requires_grad for p in network.bundle.unet.parameters())
+    for precision, dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
+        saved = read_lora(network.save(tmp_path / f"{precision}.safetensors", {"tunebook.run": "r"}, precision))
+        assert describe_lora(saved)["dtypes"] == [dtype] and saved.metadata["ss_network_args"].count("FeedForward")
+        assert {m.algo for m in saved.modules.values()} == {"lokr", "lora"}
     network.bundle.unet.eval()  # sampling: the adapter (not a child of the U-Net) follows it into eval mode
     unet_output(network.bundle)
     assert not network.models["unet"].training and not any(m.training for _, m in network.layers["unet"])
@@ -374,6 +378,9 @@ def test_bad_settings_are_named_by_field_before_a_model_loads(tiny_sdxl_dir, dat
     with pytest.raises(ConfigError) as err:
         from_dict(NetworkConfig, {"algo": "lora", "preset": "everything"})
     assert "preset" in err.value.problems
+    with pytest.raises(ConfigError) as err:
+        from_dict(NetworkConfig, {"algo": "lora", "dim": 0})
+    assert "dim" in err.value.problems
     assert "LoKr factor 12" in problems(algo="lokr", factor=12)["factor"]
     assert "LoKr" in problems(algo="lora", factor=4)["factor"]
     assert "lycoris has no DoRA" in problems(algo="full", dora=True)["dora"]
@@ -386,6 +393,9 @@ def test_bad_settings_are_named_by_field_before_a_model_loads(tiny_sdxl_dir, dat
                           **{"optimizer.train_text_encoder": True, "precision.full_half_precision": True,
                              "precision.mixed_precision": "bf16"}).check()
     assert {"network.text_encoder_lr", "optimizer.train_text_encoder", "precision.full_half_precision"} <= set(checked)
+    mixed = tiny_config(tiny_sdxl_dir, dataset, network={"algo": "lora", "base_precision": "bf16"},
+                        **{"precision.mixed_precision": "fp16"}).check()
+    assert "'fp16'" in mixed["network.base_precision"]
     # a LoRA of another architecture to continue from: refused from the headers, before the base model loads
     sd15 = write_lora(tmp_path / "sd15.safetensors", {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight":
                                                       torch.zeros(2, 8), "lora_te_text_model_encoder_layers_0_mlp"
@@ -478,3 +488,33 @@ def test_kill_9_and_resume_latest_is_bit_identical_for_lokr_with_text_encoders(t
     state = find_latest_state(killed / "state")
     assert folder_bytes(state) < 5_000_000
     assert all(".networks." in key for key in load_training_state(state)["weights"])
+
+
+@pytest.mark.parametrize("arch, preset, counts", [("sdxl", "attn-mlp", {"unet": 722, "te1": 72, "te2": 192}),
+                                                  ("sdxl", "attn-only", {"unet": 560, "te1": 48, "te2": 128}),
+                                                  ("sd15", "attn-mlp", {"unet": 192, "te1": 72}),
+                                                  ("sd15", "full-unet", {"unet": 278, "te1": 72})])
+def test_real_size_models_get_the_layers_sd_scripts_adapts(arch, preset, counts):
+    """The real SDXL / SD 1.5 (shipped configs, on the meta device: no memory): attn-mlp adapts the layers
+    sd-scripts' LoRA does (its "create LoRA for U-Net: 722 modules" ...); full-unet adds the resnets (LoCon);
+    attn-only the q/k/v/out projections (70 SDXL transformer blocks x 2 attentions x 4)."""
+    import json
+    import types
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = Path(__file__).resolve().parent.parent / "helpers" / "models" / "configs" / arch
+    read = lambda p: json.loads((folder / p).read_text())  # noqa: E731
+    with torch.device("meta"):
+        tes = [CLIPTextModel(CLIPTextConfig(**read("text_encoder/config.json")))]
+        if arch == "sdxl":
+            tes.append(CLIPTextModelWithProjection(CLIPTextConfig(**read("text_encoder_2/config.json"))))
+        bundle = types.SimpleNamespace(arch=arch, prediction="epsilon", text_encoders=tes,
+                                       unet=UNet2DConditionModel.from_config(read("unet/config.json")),
+                                       vae=AutoencoderKL.from_config(read("vae/config.json")))
+        cfg = {"algo": "locon", "conv_dim": 8} if preset == "full-unet" else {"algo": "lora"}
+        network = attach_network(bundle, from_dict(NetworkConfig, {"dim": 32, "train_text_encoder": True,
+                                                                   "preset": preset, **cfg}))
+    assert {k: len(v) for k, v in network.layers.items()} == counts

@@ -194,6 +194,11 @@ class TrainConfig:
         if self.network.enabled and p.full_half_precision:
             problems["precision.full_half_precision"] = ("is for full fine-tunes: an adapter trains in fp32 over a "
                                                          "frozen base in network.base_precision; turn it off")
+        n = self.network
+        if n.enabled and p.mixed_precision in ("fp16", "bf16") and n.base_precision not in (p.mixed_precision, "fp32"):
+            problems["network.base_precision"] = (f"{n.base_precision} base under {p.mixed_precision} autocast converts "
+                                                  f"every layer's weights: use {p.mixed_precision!r} (or set "
+                                                  f"precision.mixed_precision = {n.base_precision!r})")
         if self.network.enabled and o.train_text_encoder:
             problems["optimizer.train_text_encoder"] = ("trains the whole text encoders; with an adapter use "
                                                         "network.train_text_encoder instead")

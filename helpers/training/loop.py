@@ -441,7 +441,8 @@ def save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema=N
                 # samplers must use the rescaled schedule too (ComfyUI's marker key is still to be written)
                 "tunebook.zero_terminal_snr": str(cfg.objective.zero_terminal_snr).lower()}
         # an adapter run saves the adapter file (kohya/LyCORIS keys), not the whole model
-        save = getattr(bundle, "adapter", None) and bundle.adapter.save or (
+        adapter = getattr(bundle, "adapter", None)
+        save = adapter.save if adapter is not None else (
             lambda file, metadata: save_model_file(file, bundle, precision=cfg.saving.save_precision, metadata=metadata))
         with ema.swapped_into() if ema is not None else _nothing():
             save(path, metadata=meta)

@@ -51,9 +51,13 @@ def quantize_linears(model: torch.nn.Module, device: torch.device) -> int:
     if torch.device(device).type not in ("cuda", "cpu"):
         raise ConfigError({"network.base_int8": f"bitsandbytes' 8-bit layers run on CUDA GPUs and CPUs, not "
                            f"{torch.device(device).type}: turn base_int8 off (base_precision = 'bf16')"})
+    import logging
+
     import bitsandbytes as bnb
 
     QUANTIZED = (bnb.nn.Linear8bitLt,)
+    # LLM.int8() always multiplies in fp16; bitsandbytes logs that for every call with other activations
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
