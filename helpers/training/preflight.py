@@ -8,6 +8,11 @@ training; the estimate says which. Parameter counts come from the chosen model's
 be read (``read_model_size``), else from the real SDXL / SD 1.5. The disk a run fills (model files kept, states,
 latent cache) is ``estimate_disk``. The first real run's ``images_per_s`` in ``log.jsonl`` is the number to trust
 after that (``bench/train_step.py --calibrate`` turns it into a table row).
+
+An adapter run (``[network]`` on, ``adapter_plan``) is sized as what it is: the whole base frozen in half
+precision (or an 8-bit U-Net), no gradients or optimizer state for it, the adapter's own fp32 weights, gradients
+and optimizer state (its parameters counted by ``training.adapter_size`` on the meta device), and the frozen
+U-Net's FLOPs: 14.2 instead of 20.2 TFLOP per 1024² SDXL image (input gradients, no weight gradients).
 """
 
 from __future__ import annotations
