@@ -48,7 +48,7 @@ SECTIONS = [
     Section("sdxl_full_a6000", 100, "SDXL full fine-tune step, 1024², sdxl_finetune_a6000 settings"),
     Section("sdxl_full_a100_ema", 100, "SDXL full fine-tune step, 1024², sdxl_finetune_a100 settings (EMA)"),
     Section("sd15_512", 60, "SD 1.5 full fine-tune step, 512²"),
-    Section("sdxl_lora", 70, "SDXL LoRA step, 1024², A6000 template settings (train_step.py --mode lora)"),
+    Section("sdxl_lora", 70, "SDXL LoRA rank 32 step, 1024², sdxl_lora_24gb settings (train_step.py --mode lora)"),
     Section("state_save", 45, "training state write time, and the state cadence it implies"),
     Section("upscale", 40, "real-size 4x RRDBNet upscaler"),
     Section("tagger", 80, "WD-tagger-shaped ViT-L/16 at 448² on onnxruntime-gpu"),
@@ -65,7 +65,7 @@ def command(name: str, dry: bool, calibrate: bool, scratch: Path) -> list[str] |
              "sdxl_full_a100_ema": ["--template", "sdxl_finetune_a100", "--resolutions", "1024"],
              "sd15_512": ["--arch", "sd15", "--resolutions", "512", "--optimizer", "AdamW8bit", "--mixed-precision",
                           "bf16", "--train-text-encoder"],
-             "sdxl_lora": ["--template", "sdxl_finetune_a6000", "--mode", "lora", "--resolutions", "1024"]}
+             "sdxl_lora": ["--template", "sdxl_lora_24gb", "--resolutions", "1024"]}  # its [network]: lora r32
     if name in train:
         return [py, *TRAIN, *train[name], *(TRAIN_DRY if dry else cal)]
     if name in ("environment", "tagger"):

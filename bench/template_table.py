@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers.config import build_config  # noqa: E402
 from helpers.templates import list_templates, template_description  # noqa: E402
 from helpers.training.config import TrainConfig  # noqa: E402
-from helpers.training.preflight import estimate_run  # noqa: E402
+from helpers.training.preflight import adapter_plan, estimate_run  # noqa: E402
 
 GPUS = [("RTX 4090", "4090", 24.0), ("RTX A6000", "A6000", 48.0), ("A100 80GB", "A100", 80.0)]
 DATASET_IMAGES = 1000
@@ -37,7 +37,8 @@ def row(name: str) -> dict:
                            optimizer=o.optimizer, train_te1=te1, train_te2=te2, mixed_precision=p.mixed_precision,
                            full_half=p.full_half_precision, gradient_checkpointing=p.gradient_checkpointing,
                            vae_fp32=p.vae_precision == "fp32", cached_latents=d.cache_latents != "off",
-                           gpu_name=gpu, vram_gb=vram * 0.93, ema_on_gpu=cfg.ema.enabled and cfg.ema.device != "cpu")
+                           gpu_name=gpu, vram_gb=vram * 0.93, ema_on_gpu=cfg.ema.enabled and cfg.ema.device != "cpu",
+                           adapter=adapter_plan(cfg, arch))
         out["vram_gb"] = round(est.vram_gb, 1)
         out.setdefault("hours", {})[label] = round(est.hours, 1) if est.fits else None
     out["gpu"] = next((label for label, *_ in GPUS if out["hours"][label] is not None), "over 80 GB")

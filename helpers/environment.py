@@ -143,8 +143,12 @@ def check_environment(report: EnvironmentReport) -> list[Problem]:
                                 "template) and check `nvidia-smi`; on Colab choose Runtime > Change runtime type > GPU"))
     for gpu in report.gpus:
         if gpu.vram_gb < 40:
+            from helpers.templates import template_for_vram
+
             problems.append(Problem("warning", f"{gpu.name} has {gpu.vram_gb} GB: an SDXL full fine-tune needs "
-                                    "~48 GB (A6000) with 8-bit AdamW", "use the LoRA templates, or rent an A6000 48 GB / A100 80 GB"))
+                                    "~48 GB (A6000) with 8-bit AdamW",
+                                    f"train an adapter: template {template_for_vram(gpu.vram_gb)} (notebook 04 picks "
+                                    "it), or rent an A6000 48 GB / A100 80 GB for a full fine-tune"))
         if not gpu.bf16:
             problems.append(Problem("warning", f"{gpu.name} (compute {gpu.capability}) has no bf16",
                                     "use fp16 mixed precision and keep the SDXL VAE in fp32 (the default)"))

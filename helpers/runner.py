@@ -86,9 +86,9 @@ def training_command(config_path: Path, num_gpus: int = 1, resume: str | None = 
         args += ["--resume", resume]
     if stop_instance_when_done:
         args += ["--stop-instance-when-done"]
-    if num_gpus > 1:
-        return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus), *args]
-    return [python, *args]
+    from helpers.training.launch import launch_command
+
+    return launch_command(config_path, num_gpus, trainer_args=args[3:], python=python)
 
 
 def start_job(run: RunPaths, config: Any = None, *, num_gpus: int = 1, resume: str | None = None,
@@ -189,10 +189,18 @@ def wait_job(run: RunPaths, timeout: float | None = None, poll: float = 0.5) -> 
 
 
 def suggest_template(vram_gb: float | None) -> str:
-    """The shipped template that fits the GPU: A100 80 GB, A6000 48 GB, else the tiny demo (CPU/small GPUs)."""
-    if vram_gb is None or vram_gb < 40:
-        return "demo_tiny"
-    return "sdxl_finetune_a100" if vram_gb >= 70 else "sdxl_finetune_a6000"
+    """The shipped template that fits the GPU: A100 80 GB, A6000 48 GB, an adapter template under 40 GB
+    (``templates.template_for_vram``), the tiny demo without a GPU."""
+    from helpers.templates import template_for_vram
+
+    return template_for_vram(vram_gb)
+
+
+def gpu_count() -> int:
+    """CUDA GPUs on this machine (1 without any: the trainer then runs on the CPU): notebook 04's default."""
+    import torch
+
+    return max(1, torch.cuda.device_count())
 
 
 def suggest_train_config(ws: Workspace, template: str | None = None) -> Any:

@@ -38,3 +38,16 @@ def template_description(template: str | os.PathLike) -> str:
             break
         lines.append(line.lstrip("# ").rstrip())
     return " ".join(lines).strip()
+
+
+# the smallest card each GPU template is for (GB), largest first: full fine-tunes from 40 GB, adapters below
+TEMPLATE_BY_VRAM = ((70, "sdxl_finetune_a100"), (40, "sdxl_finetune_a6000"), (14, "sdxl_lora_24gb"), (0, "sd15_lora"))
+
+
+def template_for_vram(vram_gb: float | None) -> str:
+    """The shipped template that fits a GPU with ``vram_gb`` GiB: a full SDXL fine-tune from 40 GB (A6000 48 GB,
+    A100 80 GB), below that an adapter (SDXL LoRA rank 32 at 1024² fits 24 GB and, by the pre-flight, 16 GB;
+    the SD 1.5 LoRA under that), the tiny demo without a GPU (None)."""
+    if vram_gb is None:
+        return "demo_tiny"
+    return next(name for smallest, name in TEMPLATE_BY_VRAM if vram_gb >= smallest)

@@ -171,3 +171,17 @@ def test_a_measured_row_wins_over_the_flop_model_and_says_where_it_came_from(ws,
     _, measured = dry_run_json(capsys, config, "--gpu", "A6000", "--workspace", str(ws.root))
     assert measured["speed_source"] == "measured (NVIDIA RTX A6000, bench/train_step.py on test)"
     assert measured["seconds_per_step"] == pytest.approx(3 * 2.5)  # gradient accumulation 3, batch 1
+
+
+def test_an_adapter_run_fits_24_gb_and_its_state_is_the_adapters(ws, capsys):
+    """SDXL LoRA rank 32 at 1024², batch 1, checkpointing: within 24 GB; its training state holds the adapter
+    (~85 M parameters + 8-bit moments), not the 2.6 B U-Net a full fine-tune's state holds."""
+    lora = run_config(ws, "sdxl_lora_24gb", model={"base_model": SDXL_HUB}, saving={"keep_last_states": 1})
+    code, report = dry_run_json(capsys, lora, "--gpu", "4090", "--workspace", str(ws.root))
+    assert code == 0 and report["fits"]["24"] and report["vram_by_part"]["gradients"] < 0.5
+    assert report["trains"] == "lora" and 70e6 < report["trained_params"] < 100e6
+    assert "trains: a lora adapter, 85.1 M parameters" in dryrun.format_report(report)
+    full = run_config(ws, "sdxl_finetune_a6000", model={"base_model": SDXL_HUB})
+    _, full_report = dry_run_json(capsys, full, "--gpu", "4090", "--workspace", str(ws.root))
+    assert report["disk_by_part"]["states"] < 1.5 < 10 < full_report["disk_by_part"]["states"]
+    assert report["seconds_per_step"] < full_report["seconds_per_step"]  # no base weight gradients

@@ -56,6 +56,16 @@ def test_small_gpu_no_bf16_cpu_only_and_disk(tmp_path):
     assert any(p.severity == "error" and "2.1.2" in p.what for p in check_environment(old_torch))
 
 
+@pytest.mark.parametrize("gpu, template", [(GPU("NVIDIA GeForce RTX 4090", 23.6, "8.9", True), "sdxl_lora_24gb"),
+                                           (GPU("NVIDIA GeForce RTX 3060", 11.7, "8.6", True), "sd15_lora")])
+def test_a_card_under_40_gb_is_told_which_adapter_template(gpu, template):
+    from helpers.templates import list_templates
+
+    report = environment.EnvironmentReport("vast", "3.11", gpus=[gpu], packages=GOOD, free_disk_gb=500)
+    small = next(p for p in check_environment(report) if "full fine-tune needs" in p.what)
+    assert f"template {template}" in small.fix and template in list_templates()
+
+
 def test_environment_cli_json():
     out = subprocess.run([sys.executable, "-m", "helpers.environment", "report", "--json"], capture_output=True,
                          text=True, cwd=ROOT, timeout=120)

@@ -57,6 +57,7 @@ def test_dry_run_writes_one_valid_json_with_every_section(tmp_path):
         assert statuses[name] == "ok", f"{name}: {report['sections'][name].get('error')}"
     assert report["sections"]["sdxl_full_a6000"]["result"]["template"] == "sdxl_finetune_a6000"
     assert report["sections"]["state_save"]["comparison"]["sdxl_finetune_a6000"]["state_gb"] == pytest.approx(20.5)
-    lora = report["sections"]["sdxl_lora"]  # the adapter mode of train_step.py arrives with issue 13
-    assert lora["status"] == "ok" or "--mode" in lora["error"]
+    lora = report["sections"]["sdxl_lora"]  # train_step.py's adapter mode with sdxl_lora_24gb's [network]
+    assert lora["status"] == "ok", lora.get("error")
+    assert lora["result"]["mode"] == "lora" and lora["result"]["runs"][0]["trained_params"] > 0
     assert report["counts"]["ok"] >= 8 and report["seconds"] < 470

@@ -16,7 +16,8 @@ from tests.pictures import LINE, assert_picture
 
 def test_suggest_template_by_vram():
     assert runner.suggest_template(None) == "demo_tiny"
-    assert runner.suggest_template(24.0) == "demo_tiny"
+    assert runner.suggest_template(23.6) == "sdxl_lora_24gb"  # under 40 GB: an adapter (a 4090 reports 23.6 GiB)
+    assert runner.suggest_template(11.7) == "sd15_lora"
     assert runner.suggest_template(47.5) == "sdxl_finetune_a6000"
     assert runner.suggest_template(79.3) == "sdxl_finetune_a100"
 

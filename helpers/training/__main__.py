@@ -4,6 +4,9 @@ Trains the run described by RUN.toml into its run folder (the TOML's folder, or 
 under ``accelerate launch -m helpers.training RUN.toml`` for several GPUs. ``--dry-run`` checks instead of
 training: config, dataset, base model, VRAM (which of 24/48/80 GB), steps, time, cost (``--price`` per hour),
 disk (``training.dryrun``); ``--gpu NAME`` / ``--gpus N`` estimate for a machine you have not rented yet.
+``--gpus N`` without ``--dry-run`` trains on N GPUs (``accelerate launch``; N gloo processes on a CPU), ``--fsdp``
+shards a full fine-tune with the shipped FSDP config, ``--num-machines`` / ``--machine-rank`` /
+``--main-process-ip`` span several machines (``training.launch``).
 SIGTERM or Ctrl-C while training: the step finishes, state is saved, exit 0 (resume with ``--resume latest``).
 Exit status: 0 done (dry run: it would start), 2 bad config/data/model (message says what to fix; dry run: it
 would not start), 1 anything else.
@@ -33,7 +36,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="with --dry-run: print the report as JSON")
     parser.add_argument("--gpu", help="with --dry-run: estimate for this GPU (e.g. A6000, A100, 'H100 80GB') "
                         "instead of this machine's")
-    parser.add_argument("--gpus", type=int, default=1, help="with --dry-run: number of GPUs (data parallel)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs on this machine, one process each (data parallel; "
+                        "a CPU machine starts this many gloo processes); with --dry-run: the GPUs to estimate for")
+    parser.add_argument("--fsdp", action="store_true", help="shard weights, gradients and optimizer state over the "
+                        "GPUs (accelerate FSDP, templates/accelerate/fsdp_sdxl.yaml; CUDA only)")
+    parser.add_argument("--num-machines", type=int, default=1, help="machines in the run (each runs this command)")
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's number, 0 on the first")
+    parser.add_argument("--main-process-ip", help="address of machine 0 that the others reach (several machines)")
+    parser.add_argument("--main-process-port", type=int, default=29500, help="its port (default 29500)")
     parser.add_argument("--price", type=float, help="with --dry-run: the machine's price per hour, for the cost")
     parser.add_argument("--stop-instance-when-done", action="store_true",
                         help="stop this rented machine (vastai / runpodctl) when training ends; off by default")
@@ -157,10 +167,44 @@ def run_training(cfg, config_path: Path, run_dir: Path, ws, args) -> int:
     return 0
 
 
+LAUNCH_FLAGS = {"--gpus": 1, "--fsdp": 0, "--num-machines": 1, "--machine-rank": 1, "--main-process-ip": 1,
+                "--main-process-port": 1}
+
+
+def launch(config_path: Path, args, argv: list[str]) -> int:
+    """Start one trainer process per GPU (``training.launch``) with this command's other flags; their status."""
+    import subprocess
+
+    from helpers.training.launch import LaunchError, check_launch, launch_command
+
+    rest, skip = [], 0
+    for item in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag = item.split("=", 1)[0]
+        if flag in LAUNCH_FLAGS:
+            skip = LAUNCH_FLAGS[flag] if "=" not in item else 0
+            continue
+        rest.append(item)
+    rest.remove(args.config)
+    try:
+        check_launch(args.gpus, args.fsdp)
+        cmd = launch_command(config_path, args.gpus, trainer_args=rest, fsdp=args.fsdp,
+                             num_machines=args.num_machines, machine_rank=args.machine_rank,
+                             main_process_ip=args.main_process_ip, main_process_port=args.main_process_port)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("launching: " + " ".join(cmd), file=sys.stderr)
+    return subprocess.run(cmd, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from helpers.config import ConfigError, load_config, validate
     from helpers.training.config import TrainConfig
+    from helpers.training.launch import under_launcher
     from helpers.workspace import Workspace
 
     config_path = Path(args.config)
@@ -178,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         return check_data(cfg, ws)
+    if (args.gpus > 1 or args.num_machines > 1 or args.fsdp) and not under_launcher():
+        return launch(config_path, args, argv if argv is not None else sys.argv[1:])
     run_dir = Path(args.run_dir) if args.run_dir else config_path.resolve().parent
     return run_training(cfg, config_path, run_dir, ws, args)
 

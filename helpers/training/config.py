@@ -22,6 +22,7 @@ from helpers.training.ema import EmaConfig
 from helpers.training.network import NetworkConfig
 from helpers.training.optim import OptimizerConfig
 from helpers.training.schedules import StageConfig, stage_problems
+from helpers.training.te_cache import cache_problems
 from helpers.training.trackers import LoggingConfig
 from helpers.training.validation import ValidationConfig, dataset_image_count
 
@@ -185,6 +186,7 @@ class TrainConfig:
                                                    "use fp32 (or bf16)")
         if p.full_half_precision and p.mixed_precision == "no":
             problems["precision.full_half_precision"] = "needs mixed_precision fp16 or bf16"
+        problems.update(cache_problems(self))  # the text-encoder cache: frozen encoders, fixed captions only
         for section, found in (("optimizer", o.problems()), ("captions", self.captions.problems()),
                                ("objective", self.objective.problems(self.model.prediction)),
                                ("sampling", self.sampling.problems()),

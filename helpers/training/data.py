@@ -67,6 +67,9 @@ class DataConfig:
     cache_latents: Literal["off", "memory", "disk"] = option(
         "off", help="encode every image once before training (not with random crop); disk keeps them for the "
         "next run")
+    cache_text_encoder_outputs: Literal["off", "memory", "disk"] = option(
+        "off", help="encode each caption once before training (frozen text encoders and captions that never "
+        "change: no shuffle, dropout or wildcards; training.te_cache); disk keeps them for the next run")
     on_bad_data: Literal["skip", "stop"] = option("skip", help="a corrupt image or unreadable caption: skip it "
                                                   "(listed in the report) or stop before training")
     num_workers: int = option(2, min=0, max=64, help="image loader processes", group="advanced")

@@ -162,7 +162,8 @@ def dry_run_report(cfg, ws, *, gpu: str | None = None, gpus: int = 1, price: flo
             "hours": round(hours, 3) if hours is not None else None, "price_per_hour": price,
             "cost": round(hours * price, 2) if hours is not None and price else None,
             "disk_gb": round(sum(disk.values()), 1), "disk_by_part": disk, "disk_free_gb": free,
-            "params": est.params, "model_source": est.model_source}
+            "params": est.params, "model_source": est.model_source, "trained_params": est.trained_params,
+            "trains": cfg.network.algo if getattr(cfg, "network", None) and cfg.network.enabled else "full"}
 
 
 def _check_disk(disk: dict[str, float], first: float, free: float | None, errors: list[str],
@@ -198,6 +199,9 @@ def format_report(report: dict) -> str:
     lines = [f"pre-flight on {where}",
              f"  VRAM ≈ {report['vram_gb']:.1f} GB per GPU ({parts}) — fits {fits}",
              f"  sizes: {report['model_source']}"]
+    if report.get("trains", "full") != "full":  # an adapter: what it trains, and that the base stays frozen
+        lines.append(f"  trains: a {report['trains']} adapter, {report['trained_params'] / 1e6:.1f} M parameters "
+                     "(base frozen: no base gradients or optimizer state)")
     if not report["total_images"]:
         lines.append("  time: no images to count yet (choose a dataset)")
     elif report["hours"] is not None:

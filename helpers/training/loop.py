@@ -35,10 +35,12 @@ from helpers.training.components import (
 from helpers.training.config import TrainConfig
 from helpers.training.data import build_training_data, seed_for
 from helpers.training.ema import ExponentialMovingAverage
+from helpers.training.launch import unsupported_mode
 from helpers.training.network import adapter_models, check_base_model, learning_rates, step_random_state
 from helpers.training.optim import build_optimizer, effective_learning_rates
 from helpers.training.progress import RunMonitor, peak_memory_gb
 from helpers.training.schedules import LearningRateSchedule, RunPlan, StageConfig, stage_learning_rates
+from helpers.training.te_cache import build_text_encoder_cache
 from helpers.training.trackers import open_trackers
 from helpers.training.validation import build_validation_set, held_out_of, validation_folder
 from helpers.workspace import RunPaths
@@ -89,6 +91,8 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     if not resume and ckpt.find_latest_state(run.state):
         raise TrainingError(f"{run_root} already holds training state from an earlier start: continue it with "
                             "--resume latest, or train into a new run folder (nothing was overwritten)")
+    if (unsupported := unsupported_mode(accelerator)) is not None:  # FSDP: saves cannot gather shards yet
+        raise TrainingError(unsupported)
     torch.manual_seed(cfg.seed)
     root = resolve_dataset(cfg.data.dataset, models_dir)  # a held-out slice too small stops here, before loading
     held_out = held_out_of(cfg, root)
@@ -130,6 +134,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                                   cache_folder=latent_cache_folder(cache_dir, bundle.vae))
     validation = build_validation_set(cfg, root, held_out, encode=encode, folder=val_folder) \
         if accelerator.is_main_process else None
+    text_cache = build_text_encoder_cache(cfg, family, bundle, device, stage_data, cache_dir, monitor.show_bar)
     plan = plan_run(cfg, stage_data, list(trained.modules))
     total_steps = min(plan.total_steps, cfg.max_steps or sys.maxsize)
     # 4. Optimizer, LR schedule (per stage and model), EMA; accelerate adds DDP, autocast and loss scaling
@@ -157,7 +162,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     settings = dict(family=family, unet=modules["unet"], vae=bundle.vae, tokenizers=bundle.tokenizers,
                     text_encoders=[modules.get(f"te{i + 1}", te) for i, te in enumerate(bundle.text_encoders)],
                     unet_dtype=bundle.unet.dtype, alphas_cumprod=alphas_cumprod, objective=cfg.objective,
-                    prediction=bundle.prediction, train_text=len(names) > 1)
+                    prediction=bundle.prediction, train_text=len(names) > 1, text_cache=text_cache)
     samples.maybe_sample(bundle, position.step, position.epoch)  # step 0: the base model, for comparison
     validate = functools.partial(maybe_validate, validation, total_steps=total_steps, monitor=monitor, settings={
         **settings, "unet": bundle.unet, "text_encoders": bundle.text_encoders, "train_text": False},
@@ -213,6 +218,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                 save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema, epoch=position.epoch)
     # 7. The final model file (the EMA weights when EMA is on)
     final = save_checkpoint(run_root, bundle, cfg, accelerator, monitor, position, ema, final=True)
+    check_replicas(accelerator, optimizer, monitor)
     monitor.event("finished", step=position.step, path=str(final))
     monitor.update(force=True, state="finished", step=position.step)
     return {"final": str(final), "steps": position.step, "run": str(run_root)}
@@ -264,7 +270,7 @@ class _nothing:
 
 
 def compute_loss(batch, *, family, unet, vae, tokenizers, text_encoders, unet_dtype, alphas_cumprod, objective,
-                 prediction, train_text) -> torch.Tensor:
+                 prediction, train_text, text_cache=None) -> torch.Tensor:
     """Latents -> noise at random timesteps -> U-Net prediction -> weighted (masked) loss to the target."""
     device = alphas_cumprod.device
     if "latents" in batch:
@@ -283,20 +289,23 @@ def compute_loss(batch, *, family, unet, vae, tokenizers, text_encoders, unet_dt
                              multires_discount=o.multires_noise_discount)
     return denoising_loss(batch, latents, noise, timesteps, family=family, unet=unet, vae=vae, tokenizers=tokenizers,
                           text_encoders=text_encoders, unet_dtype=unet_dtype, alphas_cumprod=alphas_cumprod,
-                          objective=objective, prediction=prediction, train_text=train_text,
+                          objective=objective, prediction=prediction, train_text=train_text, text_cache=text_cache,
                           input_noise=obj.perturb_noise(noise, generator, o.ip_noise_gamma,
                                                         o.ip_noise_gamma_random_strength))
 
 
 def denoising_loss(batch, latents, noise, timesteps, *, family, unet, vae, tokenizers, text_encoders, unet_dtype,
-                   alphas_cumprod, objective, prediction, train_text, input_noise=None) -> torch.Tensor:
+                   alphas_cumprod, objective, prediction, train_text, text_cache=None, input_noise=None
+                   ) -> torch.Tensor:
     """The loss of denoising ``latents`` noised with ``noise`` (``input_noise`` in the input, when perturbed) at
     ``timesteps``: training's loss after its random draws, and the validation loss with fixed ones."""
     o, device = objective, alphas_cumprod.device
     noisy = obj.add_noise(latents, noise if input_noise is None else input_noise, timesteps, alphas_cumprod)
-    token_ids = family.tokenize_captions(tokenizers, batch["captions"])
-    with torch.set_grad_enabled(train_text):
-        text = family.encode_tokens(text_encoders, token_ids)
+    if text_cache is not None:  # frozen encoders, fixed captions: encoded once (training.te_cache)
+        text = text_cache.encode(batch["captions"])
+    else:
+        with torch.set_grad_enabled(train_text):
+            text = family.encode_tokens(text_encoders, family.tokenize_captions(tokenizers, batch["captions"]))
     cond = family.unet_conditioning(text, batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"],
                                     unet_dtype)
     pred = unet(noisy.to(unet_dtype), timesteps, **cond).sample
@@ -417,6 +426,20 @@ def start_ema(ema_cfg, modules: dict, device: torch.device) -> ExponentialMoving
     return ExponentialMovingAverage(modules, decay=ema_cfg.decay, warmup=ema_cfg.warmup, power=ema_cfg.warmup_power,
                                     start_step=ema_cfg.start_step, update_every=ema_cfg.update_every,
                                     device="cpu" if ema_cfg.device == "cpu" else device)
+
+
+def check_replicas(accelerator, optimizer, monitor) -> None:
+    """Several processes: log each one's checksum of its trained weights (``training.launch``); a difference
+    means the processes diverged (the file written is rank 0's) and is a warning."""
+    if accelerator.num_processes < 2:
+        return
+    from helpers.training.launch import replica_checksums
+
+    sums = replica_checksums(accelerator, [p for group in optimizer.param_groups for p in group["params"]])
+    monitor.event("replicas", processes=len(sums), checksums=[str(s) for s in sums], agree=len(set(sums)) == 1)
+    if len(set(sums)) > 1:
+        monitor.event("warning", message=f"the {len(sums)} processes ended with different weights: the saved file "
+                      "is process 0's; report this with the run's log")
 
 
 def check_model_settings(arch: str, vae_precision: str) -> None:

@@ -8,6 +8,11 @@ training; the estimate says which. Parameter counts come from the chosen model's
 be read (``read_model_size``), else from the real SDXL / SD 1.5. The disk a run fills (model files kept, states,
 latent cache) is ``estimate_disk``. The first real run's ``images_per_s`` in ``log.jsonl`` is the number to trust
 after that (``bench/train_step.py --calibrate`` turns it into a table row).
+
+An adapter run (``[network]`` on, ``adapter_plan``) is sized as what it is: the whole base frozen in half
+precision (or an 8-bit U-Net), no gradients or optimizer state for it, the adapter's own fp32 weights, gradients
+and optimizer state (its parameters counted by ``training.adapter_size`` on the meta device), and the frozen
+U-Net's FLOPs: 14.2 instead of 20.2 TFLOP per 1024² SDXL image (input gradients, no weight gradients).
 """
 
 from __future__ import annotations
@@ -26,6 +31,15 @@ PARAMS = {
 # U-Net forward+backward FLOPs per image for a full fine-tune at the native resolution (FlopCounterMode,
 # meta tensors, 77 tokens): SDXL 1024² 20.2 TFLOP, SD 1.5 512² 2.41 TFLOP; VAE encode 1024² 4.88 TFLOP.
 TRAIN_FLOPS = {"sdxl": (20.2e12, 1024), "sd15": (2.41e12, 512)}
+# The same count with the U-Net frozen (weights requires_grad False, the gradient flowing to the input): what an
+# adapter step costs, which skips the base's weight gradients but still back-propagates through every layer
+# (and both operands of the attention matmuls): SDXL 1024² 14.2 TFLOP, SD 1.5 512² 1.73 TFLOP
+# (``count_unet_train_flops(..., frozen=True)``; ``bench/train_step.py --count-flops-only`` prints both).
+FROZEN_TRAIN_FLOPS = {"sdxl": 14.2e12, "sd15": 1.73e12}
+# Adapters run in lycoris' bypass mode (base(x) + adapter(x): ``training.network``) add only their own small
+# FLOPs; DoRA and the ``full`` delta rebuild the whole weight each step and pay its gradient too: about the
+# weight-gradient share a full fine-tune pays (20.2 - 14.2 TFLOP at 1024²).
+BASE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 VAE_ENCODE_FLOPS_1024 = 4.88e12
 # Activation memory per image at the native resolution with mixed precision, without / with gradient
 # checkpointing (rough, from published sd-scripts/OneTrainer runs: SDXL FT batch 1 fits 24 GB only with
@@ -49,13 +63,26 @@ class ModelSize:
     native_res: int
     activation_gb: tuple[float, float]
     source: str
+    frozen_train_flops: float = 0.0  # fwd+bwd with the U-Net frozen (an adapter step); 0 = 0.703 x train_flops
 
 
 def real_model_size(arch: str) -> ModelSize:
     """The real SDXL base / SD 1.5 (diffusers configs; FLOPs counted on them)."""
     flops, res = TRAIN_FLOPS[arch]
     return ModelSize(arch, dict(PARAMS[arch]), flops, res, ACTIVATION_GB[arch],
-                     f"the real {'SDXL' if arch == 'sdxl' else 'SD 1.5'} sizes")
+                     f"the real {'SDXL' if arch == 'sdxl' else 'SD 1.5'} sizes", FROZEN_TRAIN_FLOPS[arch])
+
+
+@dataclass(frozen=True)
+class AdapterPlan:
+    """What an adapter run (``[network]`` on) trains and how its frozen base is held: trained parameters (U-Net
+    and text-encoder adapters), the algorithm, the frozen weights' bytes per parameter (2 = fp16/bf16, 1 = int8)."""
+
+    params: int
+    algo: str = "lora"
+    base_bytes: float = 2.0
+    int8_unet: bool = False
+    rebuilds_weight: bool = False  # DoRA / full: the merged weight is rebuilt, its gradient computed
 
 
 @dataclass
@@ -107,21 +134,32 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
                  gradient_checkpointing: bool, vae_fp32: bool, cached_latents: bool,
                  gpu_name: str | None = None, vram_gb: float | None = None,
                  price_per_hour: float | None = None, ema_on_gpu: bool = False, model: ModelSize | None = None,
-                 measured: MeasuredSpeed | None = None) -> Estimate:
-    """VRAM, speed, time and cost of a full fine-tune (pure: pass the numbers, get the estimate). ``model``: the
-    sizes read from the chosen model (default: the real ones); ``measured``: a calibrated speed for this GPU."""
+                 measured: MeasuredSpeed | None = None, adapter: AdapterPlan | None = None) -> Estimate:
+    """VRAM, speed, time and cost of a full fine-tune, or of an adapter (``adapter``: the base frozen in
+    ``adapter.base_bytes``, no gradients or optimizer state for it; the adapter's fp32 weights, gradients and
+    optimizer state; the frozen-base FLOPs) — pure: pass the numbers, get the estimate. ``model``: the sizes
+    read from the chosen model (default: the real ones); ``measured``: a calibrated speed for this GPU."""
     model = model or real_model_size(arch)
     p = model.params
     half = 2 if mixed_precision != "no" else 4
     wbytes = 2 if full_half else 4
-    trained = p["unet"] + (p.get("te1", 0) if train_te1 else 0) + (p.get("te2", 0) if train_te2 else 0)
-    frozen_te = (0 if train_te1 else p.get("te1", 0)) + (0 if train_te2 else p.get("te2", 0))
     gb = 1e9
+    if adapter is None:
+        trained = p["unet"] + (p.get("te1", 0) if train_te1 else 0) + (p.get("te2", 0) if train_te2 else 0)
+        frozen_te = (0 if train_te1 else p.get("te1", 0)) + (0 if train_te2 else p.get("te2", 0))
+        base = trained * wbytes + frozen_te * half
+    else:  # the whole base frozen (int8 U-Net where asked), the adapter trains in fp32
+        trained, wbytes = adapter.params, 4
+        base = p["unet"] * (1 if adapter.int8_unet else adapter.base_bytes) + \
+            (p.get("te1", 0) + p.get("te2", 0)) * adapter.base_bytes + trained * wbytes
     native_flops, native_res = model.train_flops, model.native_res
+    if adapter is not None:
+        frozen = model.frozen_train_flops or native_flops * 0.703
+        native_flops = native_flops if adapter.rebuilds_weight else frozen
     scale = (resolution / native_res) ** 2
     act_no_ckpt, act_ckpt = model.activation_gb
     parts = {
-        "weights": (trained * wbytes + frozen_te * half + p["vae"] * (4 if vae_fp32 else 2)) / gb,
+        "weights": (base + p["vae"] * (4 if vae_fp32 else 2)) / gb,
         "gradients": trained * wbytes / gb,
         "optimizer": trained * optimizer_bytes_per_param(optimizer, wbytes) / gb,
         "ema": trained * 4 / gb if ema_on_gpu else 0.0,  # an fp32 copy of the trained weights
@@ -132,7 +170,7 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
     notes: list[str] = []
     flops = native_flops * scale ** 1.1  # attention grows faster than pixels
     if gradient_checkpointing:
-        flops *= 4 / 3  # one extra forward
+        flops += model.train_flops * scale ** 1.1 / 3  # one extra forward (a third of a full fine-tune's fwd+bwd)
     if not cached_latents:
         flops += VAE_ENCODE_FLOPS_1024 * (resolution / 1024) ** 2
     peak = gpu_peak_tflops(gpu_name) if gpu_name else None
@@ -143,7 +181,13 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
     hours = total_images / ips / 3600 if ips else None
     cost = hours * price_per_hour if hours is not None and price_per_hour else None
     fits = None if vram_gb is None else vram <= vram_gb * 0.95
-    if fits is False:
+    if fits is False and adapter is not None:
+        tips = ([] if gradient_checkpointing else ["gradient checkpointing"]) + \
+            (["a smaller batch"] if batch_size > 1 else []) + \
+            (["network.base_int8 (8-bit U-Net)"] if not adapter.int8_unet else []) + \
+            (["a lower network.dim or a larger LoKr factor"]) + ([] if optimizer != "AdamW" else ["AdamW8bit"])
+        notes.append(f"does not fit in {vram_gb:.0f} GB: try " + ", ".join(tips))
+    elif fits is False:
         tips = ([] if optimizer != "AdamW" else ["AdamW8bit"]) + \
             ([] if gradient_checkpointing else ["gradient checkpointing"]) + \
             (["a smaller batch"] if batch_size > 1 else []) + (["freezing text encoder 2"] if train_te2 else []) + \
@@ -158,17 +202,19 @@ def estimate_run(*, arch: str, resolution: int, batch_size: int, total_images: i
                     hours, cost, fits, notes, speed_source, model.source, dict(p), trained)
 
 
-def count_unet_train_flops(unet_config: dict, resolution: int, tokens: int = 77) -> float:
-    """FLOPs of one U-Net forward + backward (weights trained) for one image, counted on the meta device with
-    torch's FlopCounterMode (no memory, seconds for SDXL; SDPA counted; FLOP = 2·MAC)."""
+def count_unet_train_flops(unet_config: dict, resolution: int, tokens: int = 77, frozen: bool = False) -> float:
+    """FLOPs of one U-Net forward + backward for one image, counted on the meta device with torch's
+    FlopCounterMode (no memory, seconds for SDXL; SDPA counted; FLOP = 2·MAC). ``frozen``: the weights take no
+    gradient and the input does (an adapter step: every layer's input gradient, no weight gradients)."""
     import torch
     from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config)
+        unet.requires_grad_(not frozen)
         lat = resolution // 8
-        x = torch.randn(1, unet_config.get("in_channels", 4), lat, lat)
+        x = torch.randn(1, unet_config.get("in_channels", 4), lat, lat, requires_grad=frozen)
         t = torch.tensor([500])
         ctx = torch.randn(1, tokens, unet_config.get("cross_attention_dim", 768))
         extra = {}
@@ -199,19 +245,20 @@ def read_model_size(base_model: str, models_dir: Path | None, resolution: int | 
         arch = ck.arch
     params = {c: int(info["parameters"]) for c, info in summary["components"].items()}
     real = real_model_size(arch)
-    res, flops = real.native_res, real.train_flops  # the real U-Net: its counted FLOPs, no need to count again
+    res, flops, frozen = real.native_res, real.train_flops, real.frozen_train_flops  # counted already
     if not math.isclose(params.get("unet", 0), real.params["unet"], rel_tol=0.005):
         # another size (a tiny test model, a distilled U-Net): count its own where it trains, and scale the
         # activation memory by its FLOPs against the real U-Net's there
         res = resolution or real.native_res
         flops = count_unet_train_flops(unet_config, res)
+        frozen = count_unet_train_flops(unet_config, res, frozen=True)
     pixels = (res / real.native_res) ** 2
     ratio = flops / (real.train_flops * pixels ** 1.1)  # the estimate's own scaling of the real U-Net's FLOPs
     activations = (real.activation_gb[0] * ratio * pixels, real.activation_gb[1] * ratio * pixels)
     total = sum(params.values())
     return ModelSize(arch, params, flops, res, activations,
                      f"read from {path.name} ({total / 1e9:.3g} B parameters)" if total >= 1e8 else
-                     f"read from {path.name} ({total / 1e6:.3g} M parameters)")
+                     f"read from {path.name} ({total / 1e6:.3g} M parameters)", frozen)
 
 
 def model_size_for(base_model: str, models_dir: Path | None, arch: str, resolution: int | None = None) -> ModelSize:
@@ -248,7 +295,7 @@ def estimate_disk(*, params: dict[str, int], trained_params: int, optimizer: str
 def run_settings(cfg, arch: str) -> dict:
     """What a speed measurement must match (``training.calibration``), from a TrainConfig."""
     network = getattr(cfg, "network", None)  # adapter training (LoRA/LyCORIS) when its section is on
-    mode = "lora" if network is not None and getattr(network, "enabled", False) else "full"
+    mode = network.algo if network is not None and getattr(network, "enabled", False) else "full"
     return {"arch": arch, "resolution": cfg.data.resolution, "mode": mode, "batch_size": cfg.batch_size,
             "gradient_checkpointing": cfg.precision.gradient_checkpointing,
             "cached_latents": cfg.data.cache_latents != "off", "train_text_encoder": cfg.optimizer.train_text_encoder,
@@ -286,6 +333,19 @@ def trained_text_encoders(cfg, arch: str) -> tuple[bool, bool]:
     return te1, te2
 
 
+def adapter_plan(cfg, arch: str, unet_config: dict | None = None) -> AdapterPlan | None:
+    """The adapter a config trains (None for a full fine-tune): its parameters counted on the meta device
+    (``training.adapter_size``), its algorithm and the frozen base's precision."""
+    network = getattr(cfg, "network", None)
+    if network is None or not network.enabled:
+        return None
+    from helpers.training.adapter_size import adapter_parameter_count
+
+    params = sum(adapter_parameter_count(network, arch, unet_config).values())
+    return AdapterPlan(params, network.algo, BASE_BYTES[network.base_precision], network.base_int8,
+                       network.dora or network.algo == "full")
+
+
 def estimate_config(cfg, ws, gpu_name: str | None = None, vram_gb: float | None = None,
                     price_per_hour: float | None = None, arch: str | None = None, gpus: int = 1,
                     total_images: int | None = None) -> Estimate:
@@ -301,6 +361,7 @@ def estimate_config(cfg, ws, gpu_name: str | None = None, vram_gb: float | None 
     arch = model.arch
     o, d, pr = cfg.optimizer, cfg.data, cfg.precision
     te1, te2 = trained_text_encoders(cfg, arch)
+    adapter = adapter_plan(cfg, arch, _unet_config(cfg.model.base_model, models_dir, model))
     if total_images is None:
         from helpers.training.validation import held_out_of
 
@@ -316,6 +377,21 @@ def estimate_config(cfg, ws, gpu_name: str | None = None, vram_gb: float | None 
                        vae_fp32=pr.vae_precision == "fp32", cached_latents=d.cache_latents != "off",
                        gpu_name=gpu_name, vram_gb=vram_gb, price_per_hour=price_per_hour,
                        ema_on_gpu=cfg.ema.enabled and cfg.ema.device != "cpu", model=model,
-                       measured=find_measured_speed(gpu_name, run_settings(cfg, arch)))
+                       measured=find_measured_speed(gpu_name, run_settings(cfg, arch)), adapter=adapter)
     est.total_images = total_images
     return est
+
+
+def _unet_config(base_model: str, models_dir: Path | None, model: ModelSize) -> dict | None:
+    """The chosen model's U-Net config when it is not the real one (a tiny or distilled U-Net), else None."""
+    if model.source.startswith("the real"):
+        return None
+    try:
+        from helpers.models import open_checkpoint
+        from helpers.models.loader import component_config
+        from helpers.training.components import resolve_base_model
+
+        with open_checkpoint(Path(resolve_base_model(base_model, models_dir))) as ck:
+            return dict(component_config(ck, "unet"))
+    except Exception:  # unreadable: the real architecture's count
+        return None
