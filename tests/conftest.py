@@ -61,3 +61,19 @@ def demo_workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "ws"
     run_demo(root, echo=lambda *_: None)
     return root
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A local stand-in for the Hub's HTTP API (tests/hub_standin.py) that the upload code talks to; tokens
+    ``hub_standin.TOKEN`` (write, orgs: myorg) and ``hub_standin.READER`` (read only)."""
+    import huggingface_hub.constants as hf_constants
+
+    from tests.hub_standin import READER, TOKEN, HubStandIn
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # the stand-in speaks LFS, not Xet
+    monkeypatch.setattr("helpers.hub.upload.LARGE_BYTES", 1000)  # the stand-in's LFS threshold (the Hub's: 10 MB)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with HubStandIn({TOKEN: ("me", "write", ["myorg"]), READER: ("me", "read", [])}) as standin:
+        yield standin

@@ -21,6 +21,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 
+TOKEN, READER = "hf_writerTOKEN1234567890", "hf_readerTOKEN1234567890"  # the ``hub`` fixture's (conftest.py)
 LFS_THRESHOLD = 1000  # bytes: files above go through LFS (the real Hub's limit is 10 MB; tests use small files)
 
 

@@ -12,22 +12,8 @@ import pytest
 from helpers.evaluation import EvaluationError, evaluate_run, upload_evaluated
 from helpers.evaluation.demo import demo_settings
 from helpers.hub.upload import HubUploadError
-from tests.hub_standin import HubStandIn, Repo
+from tests.hub_standin import READER, TOKEN, Repo
 from tests.test_evaluation_run import copy_demo
-
-TOKEN, READER = "hf_writerTOKEN1234567890", "hf_readerTOKEN1234567890"
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    import huggingface_hub.constants as hf_constants
-
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # the stand-in speaks LFS, not Xet
-    monkeypatch.setattr("helpers.hub.upload.LARGE_BYTES", 1000)  # the stand-in's LFS threshold (the Hub's: 10 MB)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    with HubStandIn({TOKEN: ("me", "write", ["myorg"]), READER: ("me", "read", [])}) as standin:
-        yield standin
 
 
 @pytest.fixture(scope="module")

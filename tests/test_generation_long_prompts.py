@@ -1,7 +1,7 @@
 """Prompts over 75 tokens: encoded in kohya's 75-token chunks (as training reads captions), not cut at 77.
 
 A short prompt takes diffusers' own path, and the chunk encoder gives the same embeddings for it (so the two
-paths agree where both apply); words past token 75 change the image; a prompt past the 525-token limit is refused.
+paths agree where both apply); words past token 75 change the image; a prompt past the 525-token limit is cut there, with a warning.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from helpers.generation.long_prompts import chunk_limit, long_prompt_embeds, token_count
 from helpers.generation.parameters import format_parameters
-from helpers.generation.pipeline import GenerationError, ImageGenerator, ImageSettings
+from helpers.generation.pipeline import ImageGenerator, ImageSettings
 from helpers.models import load_model
 
 SHORT = "a watercolor painting of a red fox in the snow"
@@ -65,10 +65,13 @@ def test_words_past_token_75_change_the_image(generator):
     assert a.parameters.prompt == first, "the PNG's parameters keep the whole prompt"
 
 
-def test_a_prompt_past_the_limit_is_refused(generator):
+def test_a_prompt_past_the_limit_is_cut_at_525_tokens_and_said(generator, caplog):
     words = " ".join(["painting"] * 600)
-    with pytest.raises(GenerationError, match="longer than the 525"):
-        generator.generate(ImageSettings(prompt=words, steps=1, width=64, height=64, seed=1))
+    with caplog.at_level("WARNING", logger="helpers.generation.pipeline"):
+        (image,) = generator.generate(ImageSettings(prompt=words, steps=1, width=64, height=64, seed=1))
+    tokens = token_count(generator.bundle.tokenizers[0], words)
+    assert f"a prompt of {tokens} tokens is cut at 525" in caplog.text
+    assert image.parameters.prompt == words
 
 
 def test_sd15_clip_skip_2_generates_and_differs_from_1(tiny_sd15_dir):

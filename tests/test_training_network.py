@@ -439,16 +439,12 @@ def test_kill_9_and_resume_latest_is_bit_identical_for_lokr_with_text_encoders(t
     """A LoKr run training both text encoders, with every adapter dropout, gradient checkpointing, cached
     latents, an EMA of the adapter and a bf16 base: SIGKILLed after step 3 (state every 2 steps) and resumed, it logs the same losses
     and ends with the same adapter file, bit for bit, as an uninterrupted run."""
-    import threading
 
-    from accelerate.state import AcceleratorState
 
-    from helpers.config import load_config, save_config
-    from helpers.training.config import TrainConfig
-    from helpers.training.loop import train
+    from helpers.config import save_config
     from helpers.training.progress import step_losses
     from tests.test_training_loop import tiny_config
-    from tests.test_training_resume import kill_after_step, start
+    from tests.test_training_resume import kill_while_reference_trains, start
 
     def make(name):
         cfg = tiny_config(tiny_sdxl_dir, dataset, epochs=2, batch_size=1, seed=5, network={
@@ -463,19 +459,13 @@ def test_kill_9_and_resume_latest_is_bit_identical_for_lokr_with_text_encoders(t
         return run
 
     reference, killed = make("reference"), make("killed")
-    proc = start(killed)
-    result: dict = {}
-    watcher = threading.Thread(target=lambda: result.update(first=kill_after_step(proc, killed / "log.jsonl", 3)))
-    watcher.start()
-    AcceleratorState._reset_state(True)
-    train(load_config(TrainConfig, reference / "config.toml"), reference, show_progress=False)
-    watcher.join()
+    first = kill_while_reference_trains(killed, reference, 3)
     proc = start(killed, "--resume", "latest")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()[-3000:]
 
     ref_losses, res_losses = step_losses(reference / "log.jsonl"), step_losses(killed / "log.jsonl")
-    assert sorted(ref_losses) == list(range(1, 7)) and result["first"] < 6  # 2 epochs of 3 steps
+    assert sorted(ref_losses) == list(range(1, 7)) and first < 6  # 2 epochs of 3 steps
     assert res_losses == ref_losses  # exact floats, step by step
     ref, res = read_lora(reference / "checkpoints" / "reference.safetensors"), \
         read_lora(killed / "checkpoints" / "killed.safetensors")

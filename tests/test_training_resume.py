@@ -100,6 +100,27 @@ def kill_after_step(proc: subprocess.Popen, log: Path, step: int, timeout: float
     pytest.fail("trainer too slow")
 
 
+def kill_while_reference_trains(killed: Path, reference: Path, step: int) -> int:
+    """Start ``killed`` as a trainer process and SIGKILL it once its log shows ``step``, watched from a thread
+    while the uninterrupted ``reference`` run trains in this process (same code, same single thread); returns the
+    last step the killed run logged."""
+    import threading
+
+    from accelerate.state import AcceleratorState
+
+    from helpers.config import load_config
+    from helpers.training.loop import train
+
+    proc = start(killed)
+    result: dict = {}
+    watcher = threading.Thread(target=lambda: result.update(first=kill_after_step(proc, killed / "log.jsonl", step)))
+    watcher.start()
+    AcceleratorState._reset_state(True)
+    train(load_config(TrainConfig, reference / "config.toml"), reference, show_progress=False)
+    watcher.join()
+    return result["first"]
+
+
 def final_weights(run: Path, suffix: str = "") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -107,29 +128,18 @@ def final_weights(run: Path, suffix: str = "") -> dict[str, torch.Tensor]:
 
 
 def test_kill_9_and_resume_latest_reproduces_losses_and_weights(tiny_sdxl_dir, tmp_path):
-    import threading
 
-    from accelerate.state import AcceleratorState
 
-    from helpers.config import load_config
-    from helpers.training.loop import train
     from tests.test_training_loop import make_dataset
 
     dataset = make_dataset(tmp_path / "ds", n=3)  # 4 samples/epoch -> 4 batches -> 2 steps/epoch, 6 in all
     reference = make_run(tmp_path, "reference", tiny_sdxl_dir, dataset)
     killed = make_run(tmp_path, "killed", tiny_sdxl_dir, dataset)
-    # first kill mid-run (state every 2 steps: the resumed run must redo what was lost), watched from a
-    # thread while the uninterrupted reference run trains in this process (same code, same single thread)
-    proc = start(killed)
-    result: dict = {}
-    watcher = threading.Thread(target=lambda: result.update(first=kill_after_step(proc, killed / "log.jsonl", 3)))
-    watcher.start()
-    AcceleratorState._reset_state(True)
-    train(load_config(TrainConfig, reference / "config.toml"), reference, show_progress=False)
-    watcher.join()
+    # first kill mid-run (state every 2 steps: the resumed run must redo what was lost)
+    first = kill_while_reference_trains(killed, reference, 3)
     # second kill after resuming: counters must continue, not restart or double-count
     proc = start(killed, "--resume", "latest")
-    second = kill_after_step(proc, killed / "log.jsonl", result["first"] + 1)
+    second = kill_after_step(proc, killed / "log.jsonl", first + 1)
     proc = start(killed, "--resume", "latest")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()[-3000:]

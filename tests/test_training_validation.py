@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.config import ConfigError, from_dict, validate
+from helpers.config import ConfigError, validate
 from helpers.training.config import TrainConfig
 from helpers.training.progress import add_validation_losses, read_log, step_losses
 
@@ -38,16 +38,17 @@ def dataset(tmp_path_factory):
     return make_images(tmp_path_factory.mktemp("val") / "ds", 6)
 
 
-def config(model_dir, dataset, *, validation=None, **top) -> TrainConfig:
-    data = {"model": {"base_model": str(model_dir)},
-            "data": {"dataset": str(dataset), "resolution": 64, "min_bucket_side": 32, "max_bucket_side": 128,
-                     "bucket_step": 32, "num_workers": 0},
-            "optimizer": {"learning_rate": 1e-3},
-            "saving": {"save_every_n_epochs": 0, "state_every_n_steps": 0, "state_every_n_minutes": 0.0,
-                       "save_precision": "fp32"},
-            "validation": {"enabled": True, "holdout_count": 2, "every_n_steps": 2, **(validation or {})},
-            "epochs": 2, "batch_size": 2, "seed": 1, "device": "cpu", **top}
-    return from_dict(TrainConfig, data)
+def config(model_dir, dataset, *, validation=None, **sections) -> TrainConfig:
+    """``tests.test_training_loop.tiny_config`` with the validation loss on (2 held out, every 2 steps)."""
+    from tests.test_training_loop import tiny_config
+
+    overrides = {"validation.enabled": True, "validation.holdout_count": 2, "validation.every_n_steps": 2}
+    for name, value in {"validation": validation or {}, **sections}.items():
+        if isinstance(value, dict):
+            overrides.update({f"{name}.{k}": v for k, v in value.items()})
+        else:
+            overrides[name] = value
+    return tiny_config(model_dir, dataset, **overrides)
 
 
 def validation_events(run):

@@ -12,21 +12,7 @@ import pytest
 
 from helpers import results
 from helpers.hub.upload import HubUploadError, upload_files
-from tests.hub_standin import HubStandIn, Repo
-
-TOKEN, READER = "hf_writerTOKEN1234567890", "hf_readerTOKEN1234567890"
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    import huggingface_hub.constants as hf_constants
-
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # the stand-in speaks LFS, not Xet
-    monkeypatch.setattr("helpers.hub.upload.LARGE_BYTES", 1000)  # the stand-in's LFS threshold (the Hub's: 10 MB)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    with HubStandIn({TOKEN: ("me", "write", ["myorg"]), READER: ("me", "read", [])}) as standin:
-        yield standin
+from tests.hub_standin import READER, TOKEN, Repo
 
 
 @pytest.fixture

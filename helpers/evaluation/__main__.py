@@ -26,6 +26,7 @@ def _floats(text: str) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     from helpers.evaluation import EvalSettings, EvaluationError, evaluate_run, upload_evaluated, write_model_card
+    from helpers.generation.pipeline import GenerationError
     from helpers.hub.upload import HubUploadError
     from helpers.workspace import Workspace
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             done = upload_evaluated(ws, args.run, args.repo, private=not args.public, overwrite=args.overwrite,
                                     endpoint=args.endpoint)
             print(done.summary())
-    except (EvaluationError, HubUploadError, FileNotFoundError) as exc:
+    except (EvaluationError, GenerationError, HubUploadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

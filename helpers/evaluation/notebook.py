@@ -18,6 +18,7 @@ from typing import ClassVar, Literal
 from helpers import ledger
 from helpers.config import ConfigError, option
 from helpers.evaluation import EvalSettings, EvaluationError, evaluate_run, upload_evaluated, write_model_card
+from helpers.generation.pipeline import GenerationError
 from helpers.ui.errors import stage_failed
 from helpers.workspace import Workspace
 
@@ -117,7 +118,7 @@ def run_evaluation(ws: Workspace, choice_form, settings_form):
         choice, settings = choice_form.value, settings_form.value
         with ledger.stage(ws.root, "evaluation", detail=choice.run):  # paid time (helpers.ledger)
             evaluation = evaluate_run(ws, choice.run, settings, lora=choice.lora or None, progress=True)
-    except (ConfigError, EvaluationError, ValueError, OSError) as exc:
+    except (ConfigError, EvaluationError, GenerationError, ValueError, OSError) as exc:
         _explain(exc, "evaluate")
         return None
     rec = evaluation.recommendation
@@ -214,7 +215,7 @@ def run_model_card(ws: Workspace, choice_form, evaluation, target: str = "hub") 
         return None
     try:
         path = Path(write_model_card(ws, choice_form.value.run, evaluation, target=target))
-    except (ConfigError, EvaluationError, ValueError, OSError) as exc:
+    except (ConfigError, EvaluationError, GenerationError, ValueError, OSError) as exc:
         _explain(exc, "model card")
         return None
     lines = path.read_text(encoding="utf-8").splitlines()

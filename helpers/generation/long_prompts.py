@@ -30,7 +30,8 @@ def chunk_limit(tokenizer, texts: list[str]) -> int:
 
 
 def too_long(tokenizer, texts: list[str]) -> list[str]:
-    """The texts that are cut even in chunks (over ``MAX_TOKENS`` tokens)."""
+    """The texts that are cut even in chunks (over ``MAX_TOKENS`` tokens; the encoder keeps their first
+    ``MAX_TOKENS``, as the trainer does with a caption over its limit)."""
     return [t for t in texts if token_count(tokenizer, t) > MAX_TOKENS]
 
 

@@ -15,6 +15,7 @@ penultimate layer, so 1 and 2 mean the same there (as in A1111) and higher value
 from __future__ import annotations
 
 import gc
+import logging
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,8 @@ from helpers.generation.loras import AppliedLoras, LoraSpec
 from helpers.generation.parameters import GenerationParameters, format_parameters, save_png
 from helpers.generation.samplers import find_sampler, make_scheduler
 from helpers.models.prompt_chunks import MAX_TOKENS
+
+log = logging.getLogger(__name__)
 
 
 class GenerationError(RuntimeError):
@@ -201,9 +204,9 @@ class ImageGenerator:
         negatives = [i.negative_prompt for i in items]
         prompts = [i.prompt for i in items]
         cut = too_long(self.bundle.tokenizers[0], [*prompts, *negatives])
-        if cut:
-            raise GenerationError(f"a prompt of {token_count(self.bundle.tokenizers[0], cut[0])} tokens is longer "
-                                  f"than the {MAX_TOKENS} this tool reads (seven 75-token chunks): shorten it")
+        if cut:  # as the trainer cuts a caption at its token limit (and diffusers at 77): said, not fatal
+            log.warning("a prompt of %d tokens is cut at %d (seven 75-token chunks): %.60s...",
+                        token_count(self.bundle.tokenizers[0], cut[0]), MAX_TOKENS, cut[0])
         try:
             with torch.no_grad(), self._autocast():
                 kwargs = long_prompt_embeds(self.arch, self.bundle.text_encoders, self.bundle.tokenizers, prompts,
