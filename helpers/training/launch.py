@@ -18,7 +18,9 @@ gathering the optimizer state and the fp32 weights to rank 0 (``whole_optimizer_
 them back (``load_whole_optimizer_state``), so ``--resume latest`` is exact and a state moves freely between
 ``--zero2``, ``--gpus N`` and one GPU. On a machine without CUDA the processes run DeepSpeed's CPU accelerator
 over gloo (how the tests run it). Element-wise optimizers only (AdamW, ADOPT): the others see flat shards and
-would compute something else (Adafactor factors 2-D weights, Prodigy sums over all of them).
+would compute something else (Adafactor factors 2-D weights, Prodigy sums over all of them). One difference
+from data parallel remains: a trained weight that never gets a gradient (SDXL TE1's last layer, which SDXL
+never reads) is part of a flat shard, so AdamW's weight decay still shrinks it; every other weight matches.
 
 ``replica_checksums`` is what the trainer logs at the end of a multi-process run: one integer per process over
 the bits of every trained parameter (identical processes, identical numbers); a difference is a warning.
@@ -162,6 +164,20 @@ def configure_zero2(accelerator, batch_size: int, max_grad_norm: float) -> None:
                   train_batch_size=batch_size * accelerator.num_processes)
 
 
+def prepare(accelerator, modules: list, optimizer) -> tuple[list, object]:
+    """``accelerator.prepare(*modules, optimizer)``. Under ZeRO-2 accelerate takes one model, so one DeepSpeed
+    engine is built over all trained models (U-Net and text encoders) together and the models themselves come
+    back: at stage 2 their forward needs nothing of the engine (gradients are reduced by hooks on the weights,
+    the step runs in ``accelerator.backward``)."""
+    if not zero2(accelerator):
+        *wrapped, optimizer = accelerator.prepare(*modules, optimizer)
+        return wrapped, optimizer
+    import torch
+
+    _, optimizer = accelerator.prepare(torch.nn.ModuleDict({str(i): m for i, m in enumerate(modules)}), optimizer)
+    return list(modules), optimizer
+
+
 @contextlib.contextmanager
 def accumulating(accelerator, model, last: bool):
     """Around one micro-batch's backward: gradients synchronise only on the chunk's last. Under ZeRO-2 every
@@ -235,6 +251,10 @@ def whole_optimizer_state(accelerator, optimizer) -> dict:
     zero = _zero_optimizer(optimizer)
     base = zero.optimizer
     flats = zero.single_partition_of_fp32_groups
+    # DeepSpeed 0.19.8 links every group's moments to its weights after the first group's first step, when the
+    # later groups (text encoders) have none yet: link again now that all of them have stepped
+    zero._hp_optimizer_states_linked = False
+    zero._lazy_init_hp_params_optimizer_state()
     state, groups, index = {}, [], 0
     for group, params, flat in zip(base.param_groups, zero.bit16_groups, flats, strict=True):
         flat_state = base.state.get(flat, {})
@@ -243,10 +263,10 @@ def whole_optimizer_state(accelerator, optimizer) -> dict:
                        "params": list(range(index, index + len(params)))})
         for param in params:
             if flat_state:
-                entry = {k: v.clone() for k, v in flat_state.items() if k not in keys}  # step and the like
-                entry.update({k: safe_get_full_optimizer_state(param, k).detach().to("cpu", copy=True)
-                              for k in keys})
-                state[index] = entry
+                moments = {k: safe_get_full_optimizer_state(param, k).detach().to("cpu", copy=True) for k in keys}
+                if any(bool(v.any()) for v in moments.values()):  # a weight that never had a gradient has
+                    state[index] = {**{k: v.clone() for k, v in flat_state.items() if k not in keys}, **moments}
+                    # no state in one process's optimizer either (torch skips it): the same file
             index += 1
     return {"state": state, "param_groups": groups}
 
@@ -269,14 +289,14 @@ def load_whole_optimizer_state(accelerator, optimizer, saved: dict) -> None:
             raise ValueError(f"the training state's optimizer group {number} holds {len(saved_group['params'])} "
                              f"weights, this run's {len(params)}: it was saved by another model or settings")
         group.update({k: v for k, v in saved_group.items() if k != "params"})
-        first = saved["state"].get(saved_group["params"][0]) if saved_group["params"] else None
+        first = next((saved["state"][i] for i in saved_group["params"] if i in saved["state"]), None)
         if first is not None:  # the flat shard's state, shaped as the optimizer makes it at its first step
-            base.state[flat] = {k: (torch.zeros_like(flat) if k != "step" and getattr(v, "shape", None) == params[0].shape
+            base.state[flat] = {k: (torch.zeros_like(flat) if k != "step" and torch.is_tensor(v) and v.dim() > 0
                                     else v.clone()) for k, v in first.items()}
             zero._hp_optimizer_states_linked = False
             zero._lazy_init_hp_params_optimizer_state()
             for offset, param in enumerate(params):
-                for key, value in saved["state"][saved_group["params"][offset]].items():
+                for key, value in saved["state"].get(saved_group["params"][offset], {}).items():
                     if key != "step" and getattr(value, "shape", None) == param.shape:
                         safe_set_full_optimizer_state(param, value.to(flat.device, flat.dtype), key)
         index += len(params)

@@ -144,7 +144,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                                      end_ratio=o.lr_end_ratio)
     names = list(trained.modules)
     modes.configure_zero2(accelerator, cfg.batch_size, o.max_grad_norm)  # DeepSpeed's batch size and clipping
-    *wrapped, optimizer = accelerator.prepare(*trained.modules.values(), optimizer)
+    wrapped, optimizer = modes.prepare(accelerator, list(trained.modules.values()), optimizer)
     if p.full_half_precision and p.mixed_precision == "fp16":
         allow_fp16_gradients(accelerator)
     ema = start_ema(cfg.ema, trained.modules, device)
