@@ -153,7 +153,7 @@ def accelerator_options(device: str) -> tuple[bool, dict]:
     return False, ({} if torch.cuda.is_available() else {"backend": "gloo"})
 
 
-def configure_zero2(accelerator, batch_size: int, max_grad_norm: float) -> None:
+def configure_zero2(accelerator, batch_size: int, max_grad_norm: float, mixed_precision: str) -> None:
     """Before ``prepare``: DeepSpeed's batch size per process and clipping from the run's config (the trainer
     accumulates itself, so DeepSpeed's accumulation stays 1; its clipping replaces ``clip_grad_norm_``)."""
     if not zero2(accelerator):
@@ -161,7 +161,26 @@ def configure_zero2(accelerator, batch_size: int, max_grad_norm: float) -> None:
     config = accelerator.state.deepspeed_plugin.deepspeed_config
     config.update(train_micro_batch_size_per_gpu=batch_size, gradient_accumulation_steps=1,
                   gradient_clipping=float(max_grad_norm),
-                  train_batch_size=batch_size * accelerator.num_processes)
+                  train_batch_size=batch_size * accelerator.num_processes,
+                  bf16={"enabled": False}, fp16={"enabled": False})
+    # bf16 as without ZeRO: fp32 weights (replicated), fp32 gradients and moments (sharded), torch autocast for
+    # the forward (``autocast``); DeepSpeed's own bf16 would keep bf16 weights and gradients: another training
+    import torch
+
+    accelerator.state.deepspeed_plugin.autocast_dtype = torch.bfloat16 if mixed_precision == "bf16" else None
+
+
+def _autocast_dtype(accelerator):
+    return getattr(accelerator.state.deepspeed_plugin, "autocast_dtype", None) if zero2(accelerator) else None
+
+
+def autocast(accelerator):
+    """``accelerator.autocast()``; under ZeRO-2 (where accelerate leaves bf16 to DeepSpeed) torch's bf16 autocast."""
+    import torch
+
+    if (dtype := _autocast_dtype(accelerator)) is not None:
+        return torch.autocast(accelerator.device.type, dtype=dtype)
+    return accelerator.autocast()
 
 
 def prepare(accelerator, modules: list, optimizer) -> tuple[list, object]:
@@ -175,6 +194,15 @@ def prepare(accelerator, modules: list, optimizer) -> tuple[list, object]:
     import torch
 
     _, optimizer = accelerator.prepare(torch.nn.ModuleDict({str(i): m for i, m in enumerate(modules)}), optimizer)
+    if _autocast_dtype(accelerator) is not None:  # each forward autocast, outputs in fp32, as accelerate does
+        from types import MethodType
+
+        from accelerate.utils import convert_outputs_to_fp32
+
+        for module in modules:
+            module._original_forward = module.forward
+            forward = autocast(accelerator)(module.forward.__func__)
+            module.forward = MethodType(convert_outputs_to_fp32(forward), module)
     return list(modules), optimizer
 
 

@@ -143,7 +143,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                                      total_steps=total_steps, cycles=o.lr_cycles, power=o.lr_power,
                                      end_ratio=o.lr_end_ratio)
     names = list(trained.modules)
-    modes.configure_zero2(accelerator, cfg.batch_size, o.max_grad_norm)  # DeepSpeed's batch size and clipping
+    modes.configure_zero2(accelerator, cfg.batch_size, o.max_grad_norm, p.mixed_precision)  # (DeepSpeed only)
     wrapped, optimizer = modes.prepare(accelerator, list(trained.modules.values()), optimizer)
     if p.full_half_precision and p.mixed_precision == "fp16":
         allow_fp16_gradients(accelerator)
@@ -246,7 +246,7 @@ def run_optimizer_step(chunk, accelerator, wrapped, optimizer, scheduler, max_gr
     for index, batch in enumerate(chunk):
         last = index == len(chunk) - 1
         with modes.accumulating(accelerator, wrapped[0], last):  # gradients synchronise on the last batch only
-            with accelerator.autocast():
+            with modes.autocast(accelerator):
                 loss = compute_loss(batch, **settings)
             accelerator.backward(loss / len(chunk))
         total += loss.item()
@@ -387,7 +387,7 @@ def maybe_validate(validation, step: int, *, total_steps, monitor, settings, acc
     device = settings["alphas_cumprod"].device
 
     def loss(batch, noise, timesteps):
-        with accelerator.autocast():
+        with modes.autocast(accelerator):
             return denoising_loss(batch, batch["latents"].to(device), noise, timesteps, **settings)
 
     started = time.monotonic()
