@@ -255,18 +255,13 @@ def load_whole_weights(accelerator, trained, weights: dict) -> None:
     trained.load_state_dict(weights)
     if not zero2(accelerator):
         return
+    import torch
     from deepspeed.utils import safe_set_full_fp32_param
 
     for name, module in trained.modules.items():
         for key, param in module.named_parameters():
             if param.requires_grad:
-                safe_set_full_fp32_param(param, weights[f"{name}.{key}"].to(param.device, torch_float32()))
-
-
-def torch_float32():
-    import torch
-
-    return torch.float32
+                safe_set_full_fp32_param(param, weights[f"{name}.{key}"].to(param.device, torch.float32))
 
 
 def whole_optimizer_state(accelerator, optimizer) -> dict:
@@ -309,7 +304,6 @@ def load_whole_optimizer_state(accelerator, optimizer, saved: dict) -> None:
 
     zero = _zero_optimizer(optimizer)
     base = zero.optimizer
-    index = 0
     for number, (group, params, flat) in enumerate(zip(base.param_groups, zero.bit16_groups,
                                                        zero.single_partition_of_fp32_groups, strict=True)):
         saved_group = saved["param_groups"][number]
@@ -327,7 +321,6 @@ def load_whole_optimizer_state(accelerator, optimizer, saved: dict) -> None:
                 for key, value in saved["state"].get(saved_group["params"][offset], {}).items():
                     if key != "step" and getattr(value, "shape", None) == param.shape:
                         safe_set_full_optimizer_state(param, value.to(flat.device, flat.dtype), key)
-        index += len(params)
 
 
 def replica_checksums(accelerator, parameters) -> list[int]:
