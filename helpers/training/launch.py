@@ -103,7 +103,8 @@ def check_launch(gpus: int, fsdp: bool, cuda_devices: int | None = None, zero2: 
 FSDP_NOT_READY = ("FSDP: this trainer's model-file and training-state saves read whole (unsharded) weights and "
                   "optimizer state, which FSDP keeps split across the GPUs; until they gather them, an FSDP run "
                   "would train and then fail at its first save. Train with --gpus N without --fsdp (data parallel), "
-                  "or an adapter template (its frozen base needs no sharding); nothing was loaded or written")
+                  "--zero2 (optimizer state and gradients sharded, weights whole), or an adapter template (its "
+                  "frozen base needs no sharding); nothing was loaded or written")
 
 
 def unsupported_mode(accelerator, cfg=None) -> str | None:
