@@ -247,7 +247,9 @@ def whole_weights(accelerator, trained) -> dict:
     for name, module in trained.modules.items():
         for key, param in module.named_parameters():
             if param.requires_grad:
-                weights[f"{name}.{key}"] = safe_get_full_fp32_param(param).detach().to("cpu", copy=True)
+                whole = safe_get_full_fp32_param(param)  # a collective: every process, one weight at a time
+                if accelerator.is_main_process:  # the others drop it: 8 processes need not hold 8 copies
+                    weights[f"{name}.{key}"] = whole.detach().to("cpu", copy=True)
     return weights
 
 
@@ -287,10 +289,12 @@ def whole_optimizer_state(accelerator, optimizer) -> dict:
                        "params": list(range(index, index + len(params)))})
         for param in params:
             if flat_state:
-                moments = {k: safe_get_full_optimizer_state(param, k).detach().to("cpu", copy=True) for k in keys}
-                if any(bool(v.any()) for v in moments.values()):  # a weight that never had a gradient has
-                    state[index] = {**{k: v.clone() for k, v in flat_state.items() if k not in keys}, **moments}
-                    # no state in one process's optimizer either (torch skips it): the same file
+                moments = {k: safe_get_full_optimizer_state(param, k) for k in keys}  # a collective: all ranks
+                # rank 0 keeps them (it writes the file); a weight that never had a gradient has no state in
+                # one process's optimizer either (torch skips it), so none here: the same file
+                if accelerator.is_main_process and any(bool(v.any()) for v in moments.values()):
+                    state[index] = {**{k: v.clone() for k, v in flat_state.items() if k not in keys},
+                                    **{k: v.detach().to("cpu", copy=True) for k, v in moments.items()}}
             index += 1
     return {"state": state, "param_groups": groups}
 
