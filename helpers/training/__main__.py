@@ -5,7 +5,8 @@ under ``accelerate launch -m helpers.training RUN.toml`` for several GPUs. ``--d
 training: config, dataset, base model, VRAM (which of 24/48/80 GB), steps, time, cost (``--price`` per hour),
 disk (``training.dryrun``); ``--gpu NAME`` / ``--gpus N`` estimate for a machine you have not rented yet.
 ``--gpus N`` without ``--dry-run`` trains on N GPUs (``accelerate launch``; N gloo processes on a CPU), ``--fsdp``
-shards a full fine-tune with the shipped FSDP config, ``--num-machines`` / ``--machine-rank`` /
+shards a full fine-tune with the shipped FSDP config (``--zero2``: DeepSpeed ZeRO-2, optimizer state and
+gradients sharded), ``--num-machines`` / ``--machine-rank`` /
 ``--main-process-ip`` span several machines (``training.launch``).
 SIGTERM or Ctrl-C while training: the step finishes, state is saved, exit 0 (resume with ``--resume latest``).
 Exit status: 0 done (dry run: it would start), 2 bad config/data/model (message says what to fix; dry run: it
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "a CPU machine starts this many gloo processes); with --dry-run: the GPUs to estimate for")
     parser.add_argument("--fsdp", action="store_true", help="shard weights, gradients and optimizer state over the "
                         "GPUs (accelerate FSDP, templates/accelerate/fsdp_sdxl.yaml; CUDA only)")
+    parser.add_argument("--zero2", action="store_true", help="shard optimizer state and gradients over the GPUs, "
+                        "weights replicated (DeepSpeed ZeRO-2, templates/accelerate/deepspeed_zero2.yaml; a full "
+                        "fine-tune with AdamW/ADOPT; N CPU processes over gloo without CUDA)")
     parser.add_argument("--num-machines", type=int, default=1, help="machines in the run (each runs this command)")
     parser.add_argument("--machine-rank", type=int, default=0, help="this machine's number, 0 on the first")
     parser.add_argument("--main-process-ip", help="address of machine 0 that the others reach (several machines)")
@@ -167,7 +171,7 @@ def run_training(cfg, config_path: Path, run_dir: Path, ws, args) -> int:
     return 0
 
 
-LAUNCH_FLAGS = {"--gpus": 1, "--fsdp": 0, "--num-machines": 1, "--machine-rank": 1, "--main-process-ip": 1,
+LAUNCH_FLAGS = {"--gpus": 1, "--fsdp": 0, "--zero2": 0, "--num-machines": 1, "--machine-rank": 1, "--main-process-ip": 1,
                 "--main-process-port": 1}
 
 
@@ -189,8 +193,8 @@ def launch(config_path: Path, args, argv: list[str]) -> int:
         rest.append(item)
     rest.remove(args.config)
     try:
-        check_launch(args.gpus, args.fsdp)
-        cmd = launch_command(config_path, args.gpus, trainer_args=rest, fsdp=args.fsdp,
+        check_launch(args.gpus, args.fsdp, zero2=args.zero2)
+        cmd = launch_command(config_path, args.gpus, trainer_args=rest, fsdp=args.fsdp, zero2=args.zero2,
                              num_machines=args.num_machines, machine_rank=args.machine_rank,
                              main_process_ip=args.main_process_ip, main_process_port=args.main_process_port)
     except LaunchError as exc:
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         return check_data(cfg, ws)
-    if (args.gpus > 1 or args.num_machines > 1 or args.fsdp) and not under_launcher():
+    if (args.gpus > 1 or args.num_machines > 1 or args.fsdp or args.zero2) and not under_launcher():
         return launch(config_path, args, argv if argv is not None else sys.argv[1:])
     run_dir = Path(args.run_dir) if args.run_dir else config_path.resolve().parent
     return run_training(cfg, config_path, run_dir, ws, args)

@@ -21,6 +21,7 @@ from helpers.config import to_dict
 from helpers.generation.training_samples import TrainingSamples
 from helpers.training import checkpoints as ckpt
 from helpers.training import interrupt
+from helpers.training import launch as modes  # data parallel, ZeRO-2, FSDP: what differs between them
 from helpers.training import objective as obj
 from helpers.training.components import (
     DTYPES,
@@ -35,7 +36,6 @@ from helpers.training.components import (
 from helpers.training.config import TrainConfig
 from helpers.training.data import build_training_data, seed_for
 from helpers.training.ema import ExponentialMovingAverage
-from helpers.training.launch import unsupported_mode
 from helpers.training.network import adapter_models, check_base_model, learning_rates, step_random_state
 from helpers.training.optim import build_optimizer, effective_learning_rates
 from helpers.training.progress import RunMonitor, peak_memory_gb
@@ -91,7 +91,7 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
     if not resume and ckpt.find_latest_state(run.state):
         raise TrainingError(f"{run_root} already holds training state from an earlier start: continue it with "
                             "--resume latest, or train into a new run folder (nothing was overwritten)")
-    if (unsupported := unsupported_mode(accelerator)) is not None:  # FSDP: saves cannot gather shards yet
+    if (unsupported := modes.unsupported_mode(accelerator, cfg)) is not None:  # FSDP; what ZeRO-2 cannot train
         raise TrainingError(unsupported)
     torch.manual_seed(cfg.seed)
     root = resolve_dataset(cfg.data.dataset, models_dir)  # a held-out slice too small stops here, before loading
@@ -143,7 +143,8 @@ def run_training(cfg, run_root, accelerator, monitor, resume, models_dir, cache_
                                      total_steps=total_steps, cycles=o.lr_cycles, power=o.lr_power,
                                      end_ratio=o.lr_end_ratio)
     names = list(trained.modules)
-    *wrapped, optimizer = accelerator.prepare(*trained.modules.values(), optimizer)
+    modes.configure_zero2(accelerator, cfg.batch_size, o.max_grad_norm, p.mixed_precision)  # (DeepSpeed only)
+    wrapped, optimizer = modes.prepare(accelerator, list(trained.modules.values()), optimizer)
     if p.full_half_precision and p.mixed_precision == "fp16":
         allow_fp16_gradients(accelerator)
     ema = start_ema(cfg.ema, trained.modules, device)
@@ -244,8 +245,8 @@ def run_optimizer_step(chunk, accelerator, wrapped, optimizer, scheduler, max_gr
     total = 0.0
     for index, batch in enumerate(chunk):
         last = index == len(chunk) - 1
-        with accelerator.no_sync(wrapped[0]) if not last and accelerator.num_processes > 1 else _nothing():
-            with accelerator.autocast():
+        with modes.accumulating(accelerator, wrapped[0], last):  # gradients synchronise on the last batch only
+            with modes.autocast(accelerator):
                 loss = compute_loss(batch, **settings)
             accelerator.backward(loss / len(chunk))
         total += loss.item()
@@ -343,14 +344,15 @@ def start_accelerator(mixed_precision: str, device: str, find_unused: bool):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
+    cpu, group_options = modes.accelerator_options(device)  # DeepSpeed on a CPU: gloo, named
     if device.startswith("cuda:"):
         torch.cuda.set_device(int(device.split(":")[1]))
     # SDXL TE1's last layer is unused (penultimate output), so DDP must allow unused parameters
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=find_unused),
               # rank 0 draws samples and writes checkpoints while the others wait at their next collective:
               # give that more than the default 10 minutes before the process group gives up
-              InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=60))]
-    return Accelerator(mixed_precision=mixed_precision, cpu=device == "cpu", kwargs_handlers=kwargs)
+              InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=60), **group_options)]
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=kwargs)
 
 
 def allow_fp16_gradients(accelerator) -> None:
@@ -385,7 +387,7 @@ def maybe_validate(validation, step: int, *, total_steps, monitor, settings, acc
     device = settings["alphas_cumprod"].device
 
     def loss(batch, noise, timesteps):
-        with accelerator.autocast():
+        with modes.autocast(accelerator):
             return denoising_loss(batch, batch["latents"].to(device), noise, timesteps, **settings)
 
     started = time.monotonic()
@@ -435,7 +437,7 @@ def check_replicas(accelerator, optimizer, monitor) -> None:
         return
     from helpers.training.launch import replica_checksums
 
-    sums = replica_checksums(accelerator, [p for group in optimizer.param_groups for p in group["params"]])
+    sums = replica_checksums(accelerator, modes.trained_parameters(accelerator, optimizer))
     monitor.event("replicas", processes=len(sums), checksums=[str(s) for s in sums], agree=len(set(sums)) == 1)
     if len(set(sums)) > 1:
         monitor.event("warning", message=f"the {len(sums)} processes ended with different weights: the saved file "
@@ -506,6 +508,8 @@ def save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monito
     """Resumable training state (main process writes; every process waits). A disk too small is a warning, not
     the end of the run: nothing is written, the previous state stays, the next due save tries again."""
     accelerator.wait_for_everyone()
+    weights = modes.whole_weights(accelerator, trained)  # every process: under ZeRO-2 each holds a shard
+    optimizer_state = modes.whole_optimizer_state(accelerator, optimizer)
     if accelerator.is_main_process:
         scaler = getattr(accelerator, "scaler", None)
         trainer = {"step": position.step, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
@@ -514,8 +518,8 @@ def save_state(run_root, cfg, trained, optimizer, scheduler, accelerator, monito
                    "rng": ckpt.capture_rng_states()}
         started = time.monotonic()
         try:
-            path = ckpt.save_training_state(RunPaths(run_root).state, position.step, weights=trained.state_dict(),
-                                            optimizer_state=optimizer.state_dict(), trainer=trainer,
+            path = ckpt.save_training_state(RunPaths(run_root).state, position.step, weights=weights,
+                                            optimizer_state=optimizer_state, trainer=trainer,
                                             keep_last=cfg.saving.keep_last_states,
                                             ema_weights=ema.state_dict() if ema is not None else None)
         except ckpt.DiskSpaceShort as exc:
@@ -561,8 +565,8 @@ def restore_training_state(resume, state_dir, cfg, trained, optimizer, scheduler
                    + "; ".join(changed))
         print(f"warning: {message}", file=sys.stderr)
         monitor.event("warning", message=message)
-    trained.load_state_dict(state["weights"])
-    optimizer.load_state_dict(state["optimizer"])
+    modes.load_whole_weights(accelerator, trained, state["weights"])  # under ZeRO-2 each process takes its shard
+    modes.load_whole_optimizer_state(accelerator, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     report_learning_rate_changes(scheduler.changes_since(state["scheduler"]), state["step"], monitor)
     if ema is not None:
