@@ -163,9 +163,29 @@ def stop_job(run: RunPaths, timeout: float = 180.0) -> JobStatus:
     while time.time() < deadline and _pid_alive(pid):
         time.sleep(0.2)
     if _pid_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+        kill_tree(pid)
     _reap(pid)
     return job_status(run)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a job: its process group and every process below it, found before the kill. Several-GPU
+    launchers (accelerate / torch elastic) start their workers in sessions of their own, which the group misses."""
+    import psutil
+
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for proc in below:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _reap(pid: int | None) -> None:

@@ -73,3 +73,29 @@ def test_job_killed_then_resumed_then_stopped(demo_workspace):
     assert "finished" in monitor.line.value
     assert_picture(monitor.chart.value, size=(700, 360), colour=LINE)  # the loss curve is drawn
     assert runner.stop_job(run).state == "finished"  # stopping a finished run changes nothing
+
+
+def test_kill_tree_reaches_workers_in_sessions_of_their_own(tmp_path):
+    """A several-GPU job's launcher starts its workers in new sessions: a forced stop must end them too."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from helpers.runner import kill_tree
+
+    pid_file = tmp_path / "worker.pid"
+    launcher = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(w.pid))\n"
+        "time.sleep(120)\n")], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = psutil.Process(int(pid_file.read_text()))
+    assert worker.pid != launcher.pid and os.getsid(worker.pid) != os.getsid(launcher.pid)
+    kill_tree(launcher.pid)
+    launcher.wait(timeout=10)
+    gone, alive = psutil.wait_procs([worker], timeout=10)
+    assert not alive, "the worker in its own session outlived the forced stop"
