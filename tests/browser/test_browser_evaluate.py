@@ -10,16 +10,17 @@ import re
 from pathlib import Path
 
 from conftest import OUT
+from test_browser_notebooks import check_notebook
 
 
-def test_evaluate_notebook_writes_a_report_whose_images_all_show(page, lab, demo_workspace):
+def test_evaluate_notebook_writes_a_report_whose_images_all_show(page, lab, demo_workspace, tmp_path):
     page.open("06_evaluate.ipynb")
     st = page.run_all(timeout=600)
     shot = page.screenshot(OUT / "06_evaluate-run.png")
     assert all(c is not None for c in st["counts"]), \
         f"cells left unrun (a cell failed?) {st['counts']}; see {shot}\n" + "\n".join(page.tracebacks())
     assert not page.tracebacks(), "\n".join(page.tracebacks())
-    out = page.outputs_text()
+    out = page.outputs_text()  # read before the forms are used (the generic check below drives them)
     assert "recommended: " in out, f"no recommendation shown:\n{out[-1500:]}"
     found = re.search(r"report: (\S+report\.html)", out)
     assert found, f"the notebook does not say where the report is:\n{out[-1500:]}"
@@ -39,3 +40,5 @@ def test_evaluate_notebook_writes_a_report_whose_images_all_show(page, lab, demo
     assert "Recommended" in tab.content()
     assert not asked, f"opening the report asked the network for {asked[:3]}"
     tab.close()
+    # what every notebook gets in test_browser_notebooks.py (06 runs once, here): clean screen, forms used
+    check_notebook(page, Path("06_evaluate.ipynb"), st, tmp_path)
