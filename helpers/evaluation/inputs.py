@@ -40,17 +40,10 @@ class RunInputs:
 
 
 def read_log_events(run: RunPaths) -> list[dict]:
-    if not run.log.is_file():
-        return []
-    events = []
-    for line in run.log.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if "event" in record:
-            events.append(record)
-    return events
+    """The event lines of the run's ``log.jsonl`` (read by the trainer's one log reader)."""
+    from helpers.training.progress import read_log
+
+    return [record for record in read_log(run.log) if "event" in record]
 
 
 def _label(ck: Checkpoint) -> str:

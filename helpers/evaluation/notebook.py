@@ -18,6 +18,7 @@ from typing import ClassVar, Literal
 from helpers import ledger
 from helpers.config import ConfigError, option
 from helpers.evaluation import EvalSettings, EvaluationError, evaluate_run, upload_evaluated, write_model_card
+from helpers.evaluation.report import data_uri
 from helpers.generation.pipeline import GenerationError
 from helpers.ui.errors import stage_failed
 from helpers.workspace import Workspace
@@ -149,27 +150,11 @@ def metrics_table_html(evaluation) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _data_uri(path, side: int | None = None) -> str:
-    """A picture as a ``data:`` URI (a thumbnail no larger than ``side``), so the notebook keeps it offline."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if side:
-            im.thumbnail((side, side))
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def flagged_html(flagged: list[dict], most: int = 6) -> str:
     """The first memorised images, each beside the training image it is closest to."""
     rows = []
     for item in flagged[:most]:
-        pair = "".join(f"<img alt='{alt}' src='{_data_uri(item[key], 160)}' style='margin-right:6px'>"
+        pair = "".join(f"<img alt='{alt}' src='{data_uri(item[key], 160)}' style='margin-right:6px'>"
                        for key, alt in (("generated", "generated"), ("training", "training image"))
                        if Path(str(item.get(key, ""))).is_file())
         text = html.escape(f"{item.get('variant', '')} · {item.get('prompt', '')} · similarity "
@@ -190,7 +175,7 @@ def show_evaluation(evaluation) -> None:
     display(HTML(metrics_table_html(evaluation)))
     charts = [(name, path) for name, path in evaluation.charts.items() if Path(path).is_file()]
     display(HTML("<div style='display:flex;flex-wrap:wrap;gap:8px'>" + "".join(
-        f"<img alt='{html.escape(name)}' src='{_data_uri(path)}' style='width:48%;min-width:320px'>"
+        f"<img alt='{html.escape(name)}' src='{data_uri(path)}' style='width:48%;min-width:320px'>"
         for name, path in charts) + "</div>"))
     if evaluation.flagged:
         print(f"{len(evaluation.flagged)} generated image(s) look memorised (all of them side by side in the report):")

@@ -165,3 +165,17 @@ def save_model_file(path: Path, bundle, *, precision: str, metadata: dict[str, s
 
     return save_single_file(bundle.unet, bundle.vae, bundle.text_encoders, path, arch=bundle.arch,
                             precision=precision, metadata=metadata, prediction=bundle.prediction)
+
+
+def weights_fingerprint(models: list, prefix: str = "") -> str:
+    """Which weights made a cache entry: sha256 of ``prefix``, each model's config and its first four tensors
+    (first 16 hex digits). Keys the latent cache (the VAE) and the text-encoder output cache."""
+    import hashlib
+
+    h = hashlib.sha256(prefix.encode())
+    for model in models:
+        config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+        h.update(repr(sorted(config.items())).encode())
+        for name, tensor in list(model.state_dict().items())[:4]:
+            h.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -32,6 +32,7 @@ from helpers.training.components import (
     prepare_models,
     resolve_base_model,
     save_model_file,
+    weights_fingerprint,
 )
 from helpers.training.config import TrainConfig
 from helpers.training.data import build_training_data, seed_for
@@ -462,12 +463,7 @@ def latent_cache_folder(cache_dir: Path | None, vae) -> Path | None:
     """``<cache>/latents/<VAE fingerprint>``: a different VAE never reuses another's latents."""
     if cache_dir is None:
         return None
-    import hashlib
-
-    h = hashlib.sha256(repr(sorted(vae.config.items())).encode())
-    for name, tensor in list(vae.state_dict().items())[:4]:
-        h.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
-    return Path(cache_dir) / "latents" / h.hexdigest()[:16]
+    return Path(cache_dir) / "latents" / weights_fingerprint([vae])
 
 
 # ---------------------------------------------------------------- saving and resuming

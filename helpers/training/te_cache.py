@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from helpers.training.components import weights_fingerprint
+
 FIELD = "data.cache_text_encoder_outputs"
 # caption settings that change a caption from step to step: (section.field, is it on?, why)
 VARYING = (
@@ -65,13 +67,8 @@ def cache_problems(cfg) -> dict[str, str]:
 
 
 def encoder_fingerprint(text_encoders: list, max_tokens: int, clip_skip: int) -> str:
-    """Which encoders and text settings produced a cached output (config + the first tensors' bytes)."""
-    h = hashlib.sha256(f"{max_tokens}/{clip_skip}".encode())
-    for te in text_encoders:
-        h.update(repr(sorted(te.config.to_dict().items())).encode())
-        for name, tensor in list(te.state_dict().items())[:4]:
-            h.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Which encoders and text settings produced a cached output."""
+    return weights_fingerprint(text_encoders, prefix=f"{max_tokens}/{clip_skip}")
 
 
 class TextEncoderCache:
